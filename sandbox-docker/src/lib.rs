@@ -1,0 +1,1 @@
+//! The Docker backend of rlmkit-sandbox (in progress: not usable yet).
