@@ -1,1 +1,260 @@
-fn main(){}
+//! `rlmkit-sandbox`: run untrusted Python or shell code in a sandbox.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sandbox_cli::selector::{BackendChoice, select};
+use sandbox_core::{Error, ExecutionRequest, ExecutionResult, Limits, LimitsBuilder, Status};
+
+/// Exit code when the sandbox itself failed (as `docker run` does).
+const SANDBOX_FAILED: u8 = 125;
+
+#[derive(Debug, Parser)]
+#[command(name = "rlmkit-sandbox", version, about = "Run untrusted Python or shell code in a sandbox")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// Run a program and pass its output through (or print one JSON object with --json).
+    Run(RunArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Lang {
+    Python,
+    Shell,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The program's source file, or `-` to read it from stdin.
+    #[arg(conflicts_with = "code")]
+    source: Option<PathBuf>,
+
+    /// The program's source, given inline.
+    #[arg(long, short = 'c')]
+    code: Option<String>,
+
+    /// The language (default: shell for a `.sh` file, python otherwise).
+    #[arg(long, value_enum)]
+    lang: Option<Lang>,
+
+    /// Which backend runs it: auto, docker or restricted.
+    #[arg(long, env = "RLMKIT_SANDBOX_BACKEND", default_value = "auto")]
+    backend: String,
+
+    /// Memory limit, e.g. 512m or 1g.
+    #[arg(long)]
+    memory: Option<String>,
+
+    /// CPU limit, e.g. 1 or 1.5.
+    #[arg(long)]
+    cpus: Option<String>,
+
+    /// Wall-clock timeout, e.g. 30s or 500ms.
+    #[arg(long)]
+    timeout: Option<String>,
+
+    /// Maximum processes and threads.
+    #[arg(long)]
+    pids: Option<u32>,
+
+    /// Network: none or bridge.
+    #[arg(long)]
+    network: Option<String>,
+
+    /// Cap on stdout and on stderr each, e.g. 1m.
+    #[arg(long)]
+    output_limit: Option<String>,
+
+    /// Cap on scratch space, e.g. 64m.
+    #[arg(long)]
+    scratch: Option<String>,
+
+    /// An environment variable for the program, NAME=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "NAME=VALUE")]
+    env: Vec<String>,
+
+    /// A local file to place in the working directory, LOCAL[:DEST] (repeatable).
+    #[arg(long = "file", short = 'f', value_name = "LOCAL[:DEST]")]
+    files: Vec<String>,
+
+    /// A file whose bytes are fed to the program's stdin, or `-` for this command's stdin.
+    #[arg(long, value_name = "PATH|-")]
+    stdin: Option<PathBuf>,
+
+    /// Print one JSON object with the result instead of passing output through.
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Commands::Run(args) => run(args).await,
+    }
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    let json = args.json;
+    match try_run(args).await {
+        Ok(result) => report(&result, json),
+        Err(error) => {
+            if json {
+                let body = serde_json::json!({ "error": { "message": error.to_string(), "kind": error.kind() } });
+                println!("{body}");
+            }
+            eprintln!("rlmkit-sandbox: {error}");
+            ExitCode::from(SANDBOX_FAILED)
+        }
+    }
+}
+
+async fn try_run(args: RunArgs) -> Result<ExecutionResult, Error> {
+    let limits = limits(&args)?;
+    let backend: BackendChoice = args.backend.parse()?;
+    let request = request(&args)?;
+    let selection = select(backend, limits).await?;
+    if let Some(notice) = &selection.notice {
+        eprintln!("rlmkit-sandbox: {notice}");
+    }
+    selection.executor.execute(request).await
+}
+
+fn limits(args: &RunArgs) -> Result<Limits, Error> {
+    let mut builder = LimitsBuilder::default();
+    if let Some(memory) = &args.memory {
+        builder = builder.memory(memory)?;
+    }
+    if let Some(cpus) = &args.cpus {
+        builder = builder.cpus_str(cpus)?;
+    }
+    if let Some(timeout) = &args.timeout {
+        builder = builder.timeout_str(timeout)?;
+    }
+    if let Some(pids) = args.pids {
+        builder = builder.pids(pids);
+    }
+    if let Some(network) = &args.network {
+        builder = builder.network(network.parse()?);
+    }
+    if let Some(output) = &args.output_limit {
+        builder = builder.output(output)?;
+    }
+    if let Some(scratch) = &args.scratch {
+        builder = builder.scratch(scratch)?;
+    }
+    builder.build()
+}
+
+fn request(args: &RunArgs) -> Result<ExecutionRequest, Error> {
+    let source = match (&args.code, &args.source) {
+        (Some(code), _) => code.clone(),
+        (None, Some(path)) if path == Path::new("-") => {
+            let mut source = String::new();
+            std::io::stdin()
+                .read_to_string(&mut source)
+                .map_err(|e| Error::io("reading the program from stdin (it must be UTF-8)", e))?;
+            source
+        }
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading the program {}", path.display()), e))?,
+        (None, None) => {
+            return Err(Error::invalid_request(
+                "no program given; pass a FILE, `-` for stdin, or --code CODE",
+            ));
+        }
+    };
+    let is_shell_file = args
+        .source
+        .as_ref()
+        .is_some_and(|path| path.extension().is_some_and(|ext| ext == "sh"));
+    let lang = args
+        .lang
+        .unwrap_or(if is_shell_file { Lang::Shell } else { Lang::Python });
+    let mut request = match lang {
+        Lang::Python => ExecutionRequest::python(source),
+        Lang::Shell => ExecutionRequest::shell(source),
+    };
+    for pair in &args.env {
+        let (name, value) = pair.split_once('=').ok_or_else(|| {
+            Error::invalid_request(format!("--env {pair:?} must be NAME=VALUE"))
+        })?;
+        request = request.env(name, value);
+    }
+    for spec in &args.files {
+        let (local, dest) = match spec.split_once(':') {
+            Some((local, dest)) => (PathBuf::from(local), dest.to_owned()),
+            None => {
+                let local = PathBuf::from(spec);
+                let name = local
+                    .file_name()
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .ok_or_else(|| Error::invalid_request(format!("--file {spec:?} names no file")))?;
+                (local, name)
+            }
+        };
+        let contents = std::fs::read(&local)
+            .map_err(|e| Error::io(format!("reading --file {}", local.display()), e))?;
+        request = request.file(dest, contents);
+    }
+    if let Some(path) = &args.stdin {
+        let bytes = if path == Path::new("-") {
+            if args.source.as_deref() == Some(Path::new("-")) {
+                return Err(Error::invalid_request(
+                    "stdin cannot hold both the program and its input; use --code or a FILE",
+                ));
+            }
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .map_err(|e| Error::io("reading stdin", e))?;
+            bytes
+        } else {
+            std::fs::read(path).map_err(|e| Error::io(format!("reading --stdin {}", path.display()), e))?
+        };
+        request = request.stdin(bytes);
+    }
+    request.validate()?;
+    Ok(request)
+}
+
+fn report(result: &ExecutionResult, json: bool) -> ExitCode {
+    if json {
+        match serde_json::to_string(result) {
+            Ok(body) => println!("{body}"),
+            Err(e) => {
+                eprintln!("rlmkit-sandbox: cannot encode the result: {e}");
+                return ExitCode::from(SANDBOX_FAILED);
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    // A closed pipe on our side must not turn into a sandbox failure.
+    let _ = std::io::stdout().write_all(&result.stdout);
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().write_all(&result.stderr);
+    let why = match result.status {
+        Status::TimedOut => Some(format!("timed out after {:?}", result.duration)),
+        Status::OomKilled => Some("killed: out of memory".to_owned()),
+        Status::OutputLimitExceeded => Some("stopped: output limit exceeded".to_owned()),
+        Status::Killed => Some("killed by the sandbox".to_owned()),
+        Status::Signaled => Some(format!("killed by signal {}", result.signal.unwrap_or(0))),
+        _ => None,
+    };
+    for (name, truncated) in [("stdout", result.stdout_truncated), ("stderr", result.stderr_truncated)] {
+        if truncated {
+            eprintln!("rlmkit-sandbox: {name} truncated at the output limit");
+        }
+    }
+    if let Some(why) = why {
+        eprintln!("rlmkit-sandbox: {why}");
+    }
+    ExitCode::from(u8::try_from(result.shell_exit_code()).unwrap_or(SANDBOX_FAILED))
+}

@@ -133,6 +133,19 @@ impl Error {
         }
     }
 
+    /// The kind as a stable snake_case name, for JSON and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::BackendUnavailable { .. } => "backend_unavailable",
+            Error::InvalidLimit { .. } => "invalid_limit",
+            Error::InvalidRequest { .. } => "invalid_request",
+            Error::Unsupported { .. } => "unsupported",
+            Error::ProtectionUnavailable { .. } => "protection_unavailable",
+            Error::Backend { .. } => "backend",
+            Error::Io { .. } => "io",
+        }
+    }
+
     /// Whether the error means the backend is absent (so a selector may fall back),
     /// as opposed to a misconfiguration or a failed run.
     pub fn is_unavailable(&self) -> bool {

@@ -1,1 +1,17 @@
-//! stub
+//! The plain-process backend of rlmkit-sandbox, for machines without Docker.
+//!
+//! [`RestrictedExecutor`] runs each request as a child process in a fresh
+//! temporary directory, with a cleared environment, its own session, rlimits,
+//! a per-execution cgroup where the machine allows one, capped output and a
+//! timeout that kills the whole process tree. Its
+//! [`isolation`](sandbox_core::Executor::isolation) report says exactly which
+//! protections are in force on the machine at hand.
+
+mod cgroup;
+mod executor;
+mod output;
+mod report;
+mod sys;
+mod workspace;
+
+pub use executor::{BACKEND, RestrictedExecutor, RestrictedExecutorBuilder};

@@ -1,0 +1,94 @@
+//! The per-execution temporary directory: the program's working directory,
+//! its scratch directory, and the program file itself. Removed on drop.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use sandbox_core::{Error, InputFile};
+
+/// A fresh directory tree for one execution.
+///
+/// ```text
+/// rlmkit-sandbox-XXXXXX/
+///   work/      working directory and HOME; input files land here
+///   tmp/       TMPDIR
+///   program/   the code to run, read-only
+/// ```
+#[derive(Debug)]
+pub(crate) struct Workspace {
+    root: tempfile::TempDir,
+}
+
+impl Workspace {
+    /// Creates the tree under `parent` and writes `files` into `work/`.
+    pub fn create(parent: &Path, files: &[InputFile]) -> Result<Workspace, Error> {
+        let root = tempfile::Builder::new()
+            .prefix("rlmkit-sandbox-")
+            .tempdir_in(parent)
+            .map_err(|e| {
+                Error::io(
+                    format!(
+                        "creating a working directory in {} (check that it exists and is writable, or choose another with RestrictedExecutorBuilder::temp_dir)",
+                        parent.display()
+                    ),
+                    e,
+                )
+            })?;
+        let workspace = Workspace { root };
+        for dir in [workspace.work_dir(), workspace.tmp_dir(), workspace.program_dir()] {
+            fs::create_dir(&dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        }
+        for file in files {
+            file.validate()?;
+            let path = workspace.work_dir().join(&file.path);
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir)
+                    .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            }
+            fs::write(&path, &file.contents).map_err(|e| {
+                Error::io(format!("writing input file {:?}", file.path), e)
+            })?;
+        }
+        Ok(workspace)
+    }
+
+    /// Writes the program's source as a read-only file and returns its path.
+    pub fn write_program(&self, name: &str, source: &str) -> Result<PathBuf, Error> {
+        let path = self.program_dir().join(name);
+        let write = || -> std::io::Result<()> {
+            let mut file = fs::File::create(&path)?;
+            file.write_all(source.as_bytes())?;
+            file.set_permissions(fs::Permissions::from_mode(0o444))?;
+            fs::set_permissions(self.program_dir(), fs::Permissions::from_mode(0o555))
+        };
+        write().map_err(|e| Error::io(format!("writing the program to {}", path.display()), e))?;
+        Ok(path)
+    }
+
+    /// The working directory (also HOME).
+    pub fn work_dir(&self) -> PathBuf {
+        self.root.path().join("work")
+    }
+
+    /// The scratch directory (TMPDIR).
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.path().join("tmp")
+    }
+
+    fn program_dir(&self) -> PathBuf {
+        self.root.path().join("program")
+    }
+
+    /// Removes the tree now, reporting failure; dropping also removes it, silently.
+    pub fn remove(self) -> Result<(), Error> {
+        let path = self.root.path().to_path_buf();
+        // The program directory is read-only; make it writable so its file can go.
+        let _ = fs::set_permissions(self.program_dir(), fs::Permissions::from_mode(0o755));
+        self.root
+            .close()
+            .map_err(|e| Error::io(format!("removing {}", path.display()), e))
+    }
+}
