@@ -2,3 +2,8 @@
 //! embedding rlmkit-sandbox can use too.
 
 pub mod selector;
+
+/// The README's examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;

@@ -12,7 +12,11 @@ use sandbox_core::{Error, ExecutionRequest, ExecutionResult, Limits, LimitsBuild
 const SANDBOX_FAILED: u8 = 125;
 
 #[derive(Debug, Parser)]
-#[command(name = "rlmkit-sandbox", version, about = "Run untrusted Python or shell code in a sandbox")]
+#[command(
+    name = "rlmkit-sandbox",
+    version,
+    about = "Run untrusted Python or shell code in a sandbox"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -49,15 +53,15 @@ struct RunArgs {
     backend: String,
 
     /// Memory limit, e.g. 512m or 1g.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     memory: Option<String>,
 
     /// CPU limit, e.g. 1 or 1.5.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     cpus: Option<String>,
 
     /// Wall-clock timeout, e.g. 30s or 500ms.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     timeout: Option<String>,
 
     /// Maximum processes and threads.
@@ -69,11 +73,11 @@ struct RunArgs {
     network: Option<String>,
 
     /// Cap on stdout and on stderr each, e.g. 1m.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     output_limit: Option<String>,
 
     /// Cap on scratch space, e.g. 64m.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     scratch: Option<String>,
 
     /// An environment variable for the program, NAME=VALUE (repeatable).
@@ -95,7 +99,18 @@ struct RunArgs {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // Usage errors are the sandbox's own failures: 125, as `docker run` does.
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(SANDBOX_FAILED)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match cli.command {
         Commands::Run(args) => run(args).await,
     }
@@ -175,17 +190,19 @@ fn request(args: &RunArgs) -> Result<ExecutionRequest, Error> {
         .source
         .as_ref()
         .is_some_and(|path| path.extension().is_some_and(|ext| ext == "sh"));
-    let lang = args
-        .lang
-        .unwrap_or(if is_shell_file { Lang::Shell } else { Lang::Python });
+    let lang = args.lang.unwrap_or(if is_shell_file {
+        Lang::Shell
+    } else {
+        Lang::Python
+    });
     let mut request = match lang {
         Lang::Python => ExecutionRequest::python(source),
         Lang::Shell => ExecutionRequest::shell(source),
     };
     for pair in &args.env {
-        let (name, value) = pair.split_once('=').ok_or_else(|| {
-            Error::invalid_request(format!("--env {pair:?} must be NAME=VALUE"))
-        })?;
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| Error::invalid_request(format!("--env {pair:?} must be NAME=VALUE")))?;
         request = request.env(name, value);
     }
     for spec in &args.files {
@@ -196,7 +213,9 @@ fn request(args: &RunArgs) -> Result<ExecutionRequest, Error> {
                 let name = local
                     .file_name()
                     .map(|name| name.to_string_lossy().into_owned())
-                    .ok_or_else(|| Error::invalid_request(format!("--file {spec:?} names no file")))?;
+                    .ok_or_else(|| {
+                        Error::invalid_request(format!("--file {spec:?} names no file"))
+                    })?;
                 (local, name)
             }
         };
@@ -217,7 +236,8 @@ fn request(args: &RunArgs) -> Result<ExecutionRequest, Error> {
                 .map_err(|e| Error::io("reading stdin", e))?;
             bytes
         } else {
-            std::fs::read(path).map_err(|e| Error::io(format!("reading --stdin {}", path.display()), e))?
+            std::fs::read(path)
+                .map_err(|e| Error::io(format!("reading --stdin {}", path.display()), e))?
         };
         request = request.stdin(bytes);
     }
@@ -248,7 +268,10 @@ fn report(result: &ExecutionResult, json: bool) -> ExitCode {
         Status::Signaled => Some(format!("killed by signal {}", result.signal.unwrap_or(0))),
         _ => None,
     };
-    for (name, truncated) in [("stdout", result.stdout_truncated), ("stderr", result.stderr_truncated)] {
+    for (name, truncated) in [
+        ("stdout", result.stdout_truncated),
+        ("stderr", result.stderr_truncated),
+    ] {
         if truncated {
             eprintln!("rlmkit-sandbox: {name} truncated at the output limit");
         }

@@ -134,13 +134,22 @@ impl IsolationReport {
     }
 
     /// Adds or replaces the entry for `protection` in place.
-    pub fn set(&mut self, protection: Protection, state: ProtectionState, detail: impl Into<String>) {
+    pub fn set(
+        &mut self,
+        protection: Protection,
+        state: ProtectionState,
+        detail: impl Into<String>,
+    ) {
         let entry = ProtectionStatus {
             protection,
             state,
             detail: detail.into(),
         };
-        match self.protections.iter_mut().find(|p| p.protection == protection) {
+        match self
+            .protections
+            .iter_mut()
+            .find(|p| p.protection == protection)
+        {
             Some(existing) => *existing = entry,
             None => self.protections.push(entry),
         }

@@ -114,11 +114,16 @@ impl Limits {
         if !(self.cpus.is_finite() && self.cpus >= 0.01 && self.cpus <= 1024.0) {
             return Err(Error::InvalidLimit {
                 name: "cpus",
-                reason: format!("{} is out of range; use a count from 0.01 to 1024", self.cpus),
+                reason: format!(
+                    "{} is out of range; use a count from 0.01 to 1024",
+                    self.cpus
+                ),
             });
         }
         let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
-        check_range("timeout", timeout_ms, 1, 24 * 3600 * 1000, |ms| format!("{ms}ms"))?;
+        check_range("timeout", timeout_ms, 1, 24 * 3600 * 1000, |ms| {
+            format!("{ms}ms")
+        })?;
         check_range("pids", u64::from(self.pids), 1, 1 << 20, |n| n.to_string())?;
         check_range("output", self.output_bytes, 1, GIB, format_bytes)?;
         check_range("scratch", self.scratch_bytes, 64 * KIB, TIB, format_bytes)?;
@@ -353,7 +358,10 @@ mod tests {
             ("cpus", Limits::builder().cpus(f64::NAN)),
             ("cpus", Limits::builder().cpus(1e9)),
             ("timeout", Limits::builder().timeout(Duration::ZERO)),
-            ("timeout", Limits::builder().timeout(Duration::from_secs(1 << 40))),
+            (
+                "timeout",
+                Limits::builder().timeout(Duration::from_secs(1 << 40)),
+            ),
             ("pids", Limits::builder().pids(0)),
             ("output", Limits::builder().output_bytes(0)),
             ("scratch", Limits::builder().scratch_bytes(1)),
@@ -373,7 +381,12 @@ mod tests {
 
     #[test]
     fn overrides_apply_over_a_base() {
-        let base = Limits::builder().memory("1g").unwrap().pids(10).build().unwrap();
+        let base = Limits::builder()
+            .memory("1g")
+            .unwrap()
+            .pids(10)
+            .build()
+            .unwrap();
         let merged = Limits::builder().pids(20).build_over(&base).unwrap();
         assert_eq!(merged.memory_bytes, GIB);
         assert_eq!(merged.pids, 20);

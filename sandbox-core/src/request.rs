@@ -173,7 +173,9 @@ impl ExecutionRequest {
                 ));
             }
             Program::Command(argv) if argv.iter().any(|arg| arg.contains('\0')) => {
-                return Err(Error::invalid_request("a command argument holds a NUL byte"));
+                return Err(Error::invalid_request(
+                    "a command argument holds a NUL byte",
+                ));
             }
             _ => {}
         }
@@ -208,10 +210,29 @@ mod tests {
 
     #[test]
     fn bad_commands_and_env_are_rejected() {
-        assert!(ExecutionRequest::command(Vec::<String>::new()).validate().is_err());
-        assert!(ExecutionRequest::python("").env("A=B", "x").validate().is_err());
-        assert!(ExecutionRequest::python("").env("", "x").validate().is_err());
-        assert!(ExecutionRequest::command(["true"]).env("A", "b").validate().is_ok());
+        assert!(
+            ExecutionRequest::command(Vec::<String>::new())
+                .validate()
+                .is_err()
+        );
+        assert!(
+            ExecutionRequest::python("")
+                .env("A=B", "x")
+                .validate()
+                .is_err()
+        );
+        assert!(
+            ExecutionRequest::python("")
+                .env("", "x")
+                .validate()
+                .is_err()
+        );
+        assert!(
+            ExecutionRequest::command(["true"])
+                .env("A", "b")
+                .validate()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -107,7 +107,12 @@ fn parse_positive_number(text: &str) -> Option<f64> {
 /// assert_eq!(format_bytes(1000), "1000");
 /// ```
 pub fn format_bytes(bytes: u64) -> String {
-    for (unit, size) in [("t", 1u64 << 40), ("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)] {
+    for (unit, size) in [
+        ("t", 1u64 << 40),
+        ("g", 1 << 30),
+        ("m", 1 << 20),
+        ("k", 1 << 10),
+    ] {
         if bytes >= size && bytes % size == 0 {
             return format!("{}{unit}", bytes / size);
         }
@@ -131,7 +136,16 @@ mod tests {
 
     #[test]
     fn bad_sizes_are_rejected_with_the_limit_name() {
-        for bad in ["", "m", "-5m", "1x", "1.2.3m", "nan", "inf", "99999999999999999999t"] {
+        for bad in [
+            "",
+            "m",
+            "-5m",
+            "1x",
+            "1.2.3m",
+            "nan",
+            "inf",
+            "99999999999999999999t",
+        ] {
             let err = parse_bytes("memory", bad).unwrap_err();
             assert!(
                 matches!(err, Error::InvalidLimit { name: "memory", .. }),
@@ -143,9 +157,15 @@ mod tests {
     #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("t", "30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("t", "1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(
+            parse_duration("t", "1.5s").unwrap(),
+            Duration::from_millis(1500)
+        );
         assert_eq!(parse_duration("t", "10").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("t", "1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(
+            parse_duration("t", "1h").unwrap(),
+            Duration::from_secs(3600)
+        );
         for bad in ["", "s", "-1s", "1 fortnight", "1e9999s"] {
             assert!(parse_duration("t", bad).is_err(), "{bad:?}");
         }

@@ -96,7 +96,10 @@ impl CgroupRoot {
 
     /// Whether CPU quotas can be set.
     pub fn has_cpu(&self) -> bool {
-        matches!(self, CgroupRoot::V1 { cpu: Some(_), .. } | CgroupRoot::V2 { .. })
+        matches!(
+            self,
+            CgroupRoot::V1 { cpu: Some(_), .. } | CgroupRoot::V2 { .. }
+        )
     }
 
     /// A short description for the isolation report.
@@ -144,8 +147,14 @@ impl Cgroup {
                 let memory = memory.join(&name);
                 let mut settings = vec![
                     (pids.join("pids.max"), limits.pids.to_string()),
-                    (memory.join("memory.limit_in_bytes"), limits.memory_bytes.to_string()),
-                    (memory.join("memory.memsw.limit_in_bytes"), limits.memory_bytes.to_string()),
+                    (
+                        memory.join("memory.limit_in_bytes"),
+                        limits.memory_bytes.to_string(),
+                    ),
+                    (
+                        memory.join("memory.memsw.limit_in_bytes"),
+                        limits.memory_bytes.to_string(),
+                    ),
                 ];
                 let mut dirs = vec![pids, memory];
                 if let Some(cpu) = cpu {
@@ -179,8 +188,8 @@ impl Cgroup {
             cgroup.dirs.push(dir);
         }
         for (file, value) in settings {
-            let optional = file.ends_with("memory.memsw.limit_in_bytes")
-                || file.ends_with("memory.swap.max");
+            let optional =
+                file.ends_with("memory.memsw.limit_in_bytes") || file.ends_with("memory.swap.max");
             match fs::write(&file, &value) {
                 Ok(()) => {}
                 Err(e) if optional && e.kind() == io::ErrorKind::NotFound => {}
@@ -200,7 +209,9 @@ impl Cgroup {
         self.dirs
             .iter()
             .map(|dir| {
-                let file: File = OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
+                let file: File = OpenOptions::new()
+                    .write(true)
+                    .open(dir.join("cgroup.procs"))?;
                 Ok(OwnedFd::from(file))
             })
             .collect()
@@ -208,8 +219,7 @@ impl Cgroup {
 
     /// Kills every member with SIGKILL and waits (up to a few seconds) until none is left.
     pub fn kill_all(&self) {
-        if self.version == Version::V2 && fs::write(self.members.join("cgroup.kill"), "1").is_ok()
-        {
+        if self.version == Version::V2 && fs::write(self.members.join("cgroup.kill"), "1").is_ok() {
             self.wait_until_empty(Duration::from_secs(5));
             return;
         }

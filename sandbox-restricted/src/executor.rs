@@ -290,10 +290,12 @@ impl Executor for RestrictedExecutor {
             cgroup: cgroup.map(Arc::new),
         };
 
-        let stdout = tokio::process::ChildStdout::from_std(child.stdout.take().ok_or_else(missing_pipe)?)
-            .map_err(|e| Error::io("watching the child's stdout", e))?;
-        let stderr = tokio::process::ChildStderr::from_std(child.stderr.take().ok_or_else(missing_pipe)?)
-            .map_err(|e| Error::io("watching the child's stderr", e))?;
+        let stdout =
+            tokio::process::ChildStdout::from_std(child.stdout.take().ok_or_else(missing_pipe)?)
+                .map_err(|e| Error::io("watching the child's stdout", e))?;
+        let stderr =
+            tokio::process::ChildStderr::from_std(child.stderr.take().ok_or_else(missing_pipe)?)
+                .map_err(|e| Error::io("watching the child's stderr", e))?;
         let stdin = match (child.stdin.take(), request.stdin) {
             (Some(pipe), Some(bytes)) => {
                 let mut pipe = tokio::process::ChildStdin::from_std(pipe)
@@ -311,8 +313,18 @@ impl Executor for RestrictedExecutor {
         let out_capture = SharedCapture::default();
         let err_capture = SharedCapture::default();
         let readers = [
-            AbortOnDrop(tokio::spawn(read_capped(stdout, limits.output_bytes, out_capture.clone(), overflow.clone()))),
-            AbortOnDrop(tokio::spawn(read_capped(stderr, limits.output_bytes, err_capture.clone(), overflow.clone()))),
+            AbortOnDrop(tokio::spawn(read_capped(
+                stdout,
+                limits.output_bytes,
+                out_capture.clone(),
+                overflow.clone(),
+            ))),
+            AbortOnDrop(tokio::spawn(read_capped(
+                stderr,
+                limits.output_bytes,
+                err_capture.clone(),
+                overflow.clone(),
+            ))),
         ];
 
         let mut waiter = tokio::task::spawn_blocking(move || sys::wait_for_child(pid));
@@ -482,7 +494,13 @@ fn processes_of_uid(uid: u32) -> u64 {
     };
     entries
         .filter_map(Result::ok)
-        .filter(|entry| entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .filter(|entry| entry.metadata().is_ok_and(|meta| meta.uid() == uid))
         .count() as u64
 }

@@ -84,7 +84,13 @@ mod tests {
     #[tokio::test]
     async fn short_output_is_kept_whole() {
         let capture = SharedCapture::default();
-        read_capped(&b"hello"[..], 1000, capture.clone(), Arc::new(Notify::new())).await;
+        read_capped(
+            &b"hello"[..],
+            1000,
+            capture.clone(),
+            Arc::new(Notify::new()),
+        )
+        .await;
         let captured = snapshot(&capture);
         assert_eq!(captured.bytes, b"hello");
         assert!(!captured.truncated);

@@ -37,7 +37,10 @@ pub(crate) fn build(
             report.set(
                 Protection::Timeout,
                 Enforced,
-                format!("wall clock {:?}, then every process of the execution's {kind} is killed", limits.timeout),
+                format!(
+                    "wall clock {:?}, then every process of the execution's {kind} is killed",
+                    limits.timeout
+                ),
             );
             report.set(
                 Protection::Memory,
@@ -45,7 +48,11 @@ pub(crate) fn build(
                 format!("{kind} memory limit {memory} for the whole process tree, no swap"),
             );
             if root.has_cpu() {
-                report.set(Protection::Cpu, Enforced, format!("{kind} CPU quota of {} CPUs", limits.cpus));
+                report.set(
+                    Protection::Cpu,
+                    Enforced,
+                    format!("{kind} CPU quota of {} CPUs", limits.cpus),
+                );
             } else {
                 report.set(
                     Protection::Cpu,
@@ -123,7 +130,9 @@ pub(crate) fn build(
         ),
     );
     let network = match limits.network {
-        NetworkMode::None => "the host's network is reachable: no network namespace or socket filter is applied",
+        NetworkMode::None => {
+            "the host's network is reachable: no network namespace or socket filter is applied"
+        }
         _ => "network requested: the host's network is reachable",
     };
     report.set(Protection::Network, NotEnforced, network);
@@ -151,6 +160,10 @@ pub(crate) fn build(
         Enforced,
         "its own session and process group, killed as a whole",
     );
-    report.set(Protection::Syscalls, NotEnforced, "no seccomp filter is applied");
+    report.set(
+        Protection::Syscalls,
+        NotEnforced,
+        "no seccomp filter is applied",
+    );
     report
 }

@@ -37,7 +37,11 @@ impl Workspace {
                 )
             })?;
         let workspace = Workspace { root };
-        for dir in [workspace.work_dir(), workspace.tmp_dir(), workspace.program_dir()] {
+        for dir in [
+            workspace.work_dir(),
+            workspace.tmp_dir(),
+            workspace.program_dir(),
+        ] {
             fs::create_dir(&dir)
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
@@ -48,9 +52,8 @@ impl Workspace {
                 fs::create_dir_all(dir)
                     .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
             }
-            fs::write(&path, &file.contents).map_err(|e| {
-                Error::io(format!("writing input file {:?}", file.path), e)
-            })?;
+            fs::write(&path, &file.contents)
+                .map_err(|e| Error::io(format!("writing input file {:?}", file.path), e))?;
         }
         Ok(workspace)
     }

@@ -48,16 +48,28 @@ pub async fn hello_world(executor: &dyn Executor) {
 }
 
 pub async fn exit_codes(executor: &dyn Executor) {
-    let python = run(executor, ExecutionRequest::python("import sys; sys.exit(3)")).await;
+    let python = run(
+        executor,
+        ExecutionRequest::python("import sys; sys.exit(3)"),
+    )
+    .await;
     assert_exited(&python, 3);
     let shell = run(executor, ExecutionRequest::shell("echo from-shell; exit 7")).await;
     assert_exited(&shell, 7);
     assert_eq!(shell.stdout_text(), "from-shell\n");
     let command = run(executor, ExecutionRequest::command(["sh", "-c", "exit 5"])).await;
     assert_exited(&command, 5);
-    let raised = run(executor, ExecutionRequest::python("raise ValueError('boom')")).await;
+    let raised = run(
+        executor,
+        ExecutionRequest::python("raise ValueError('boom')"),
+    )
+    .await;
     assert_exited(&raised, 1);
-    assert!(raised.stderr_text().contains("ValueError: boom"), "{}", describe(&raised));
+    assert!(
+        raised.stderr_text().contains("ValueError: boom"),
+        "{}",
+        describe(&raised)
+    );
 }
 
 pub async fn stderr_is_separate(executor: &dyn Executor) {
@@ -75,7 +87,11 @@ pub async fn stdin_is_fed(executor: &dyn Executor) {
     assert_eq!(result.stdout_text(), "7 ABC\nDEF\n");
 
     // Without stdin the program sees end-of-file at once instead of hanging.
-    let result = run(executor, ExecutionRequest::python("import sys; print(repr(sys.stdin.read()))")).await;
+    let result = run(
+        executor,
+        ExecutionRequest::python("import sys; print(repr(sys.stdin.read()))"),
+    )
+    .await;
     assert_exited(&result, 0);
     assert_eq!(result.stdout_text(), "''\n");
 
@@ -94,21 +110,32 @@ pub async fn env_is_given_and_host_env_is_not(executor: &dyn Executor) {
     let code = format!(
         "import os\nprint(os.environ.get('GREETING'))\nprint(os.environ.get('{HOST_SECRET_VAR}'))\nprint(sorted(os.environ))"
     );
-    let result = run(executor, ExecutionRequest::python(code).env("GREETING", "hi there")).await;
+    let result = run(
+        executor,
+        ExecutionRequest::python(code).env("GREETING", "hi there"),
+    )
+    .await;
     assert_exited(&result, 0);
     let stdout = result.stdout_text();
     let mut lines = stdout.lines();
     assert_eq!(lines.next(), Some("hi there"), "{}", describe(&result));
     assert_eq!(lines.next(), Some("None"), "{}", describe(&result));
-    assert!(!stdout.contains(&secret), "the host secret leaked: {stdout}");
+    assert!(
+        !stdout.contains(&secret),
+        "the host secret leaked: {stdout}"
+    );
     for host_only in ["CARGO_MANIFEST_DIR", "CARGO_PKG_NAME"] {
-        assert!(std::env::var(host_only).is_ok(), "probe: {host_only} is set on the host");
+        assert!(
+            std::env::var(host_only).is_ok(),
+            "probe: {host_only} is set on the host"
+        );
         assert!(!stdout.contains(host_only), "{host_only} leaked: {stdout}");
     }
 }
 
 pub async fn input_files_are_placed(executor: &dyn Executor) {
-    let code = "print(open('data/in.txt').read().strip())\nprint(len(open('blob.bin', 'rb').read()))";
+    let code =
+        "print(open('data/in.txt').read().strip())\nprint(len(open('blob.bin', 'rb').read()))";
     let request = ExecutionRequest::python(code)
         .file("data/in.txt", "first file\n")
         .file("blob.bin", vec![0u8; 100_000]);
@@ -124,7 +151,11 @@ pub async fn input_files_are_placed(executor: &dyn Executor) {
 }
 
 pub async fn unicode_and_binary_output(executor: &dyn Executor) {
-    let result = run(executor, ExecutionRequest::python("print('héllo ✓ 🌍 日本')")).await;
+    let result = run(
+        executor,
+        ExecutionRequest::python("print('héllo ✓ 🌍 日本')"),
+    )
+    .await;
     assert_exited(&result, 0);
     assert_eq!(result.stdout_utf8().unwrap(), "héllo ✓ 🌍 日本\n");
 
@@ -160,16 +191,27 @@ pub async fn timeout_keeps_partial_output(executor: &dyn Executor) {
 pub async fn output_flood_is_capped(executor: &dyn Executor) {
     let cap = 64 * 1024;
     let code = "import sys\nwhile True:\n    print('x' * 99)\n    print('e' * 99, file=sys.stderr)";
-    let request = ExecutionRequest::python(code)
-        .limits(Limits::builder().output_bytes(cap).timeout(Duration::from_secs(20)));
+    let request = ExecutionRequest::python(code).limits(
+        Limits::builder()
+            .output_bytes(cap)
+            .timeout(Duration::from_secs(20)),
+    );
     let started = Instant::now();
     let result = run(executor, request).await;
-    assert_eq!(result.status, Status::OutputLimitExceeded, "{}", describe(&result));
+    assert_eq!(
+        result.status,
+        Status::OutputLimitExceeded,
+        "{}",
+        describe(&result)
+    );
     assert!(result.stdout.len() as u64 <= cap && result.stderr.len() as u64 <= cap);
     assert!(result.stdout_truncated || result.stderr_truncated);
     assert!(result.stdout.len() as u64 == cap || result.stderr.len() as u64 == cap);
     assert!(result.stdout.starts_with(b"xxxx"));
-    assert!(started.elapsed() < Duration::from_secs(10), "the flood was not stopped promptly");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the flood was not stopped promptly"
+    );
 }
 
 pub async fn memory_hog_is_stopped(executor: &dyn Executor) {
@@ -179,16 +221,29 @@ pub async fn memory_hog_is_stopped(executor: &dyn Executor) {
         .limits(Limits::builder().memory_bytes(256 << 20));
     assert_exited(&run(executor, roomy).await, 0);
 
-    let request = ExecutionRequest::python(code)
-        .limits(Limits::builder().memory_bytes(128 << 20).timeout(Duration::from_secs(20)));
+    let request = ExecutionRequest::python(code).limits(
+        Limits::builder()
+            .memory_bytes(128 << 20)
+            .timeout(Duration::from_secs(20)),
+    );
     let result = run(executor, request).await;
-    assert!(!result.stdout_text().contains("allocated"), "{}", describe(&result));
+    assert!(
+        !result.stdout_text().contains("allocated"),
+        "{}",
+        describe(&result)
+    );
     let stopped = match result.status {
         Status::OomKilled => true,
-        Status::Exited => result.exit_code != Some(0) && result.stderr_text().contains("MemoryError"),
+        Status::Exited => {
+            result.exit_code != Some(0) && result.stderr_text().contains("MemoryError")
+        }
         _ => false,
     };
-    assert!(stopped, "expected an OOM kill or a MemoryError: {}", describe(&result));
+    assert!(
+        stopped,
+        "expected an OOM kill or a MemoryError: {}",
+        describe(&result)
+    );
 }
 
 pub async fn fork_bomb_is_contained(executor: &dyn Executor) {
@@ -218,16 +273,28 @@ print(started, failed, flush=True)
         .map(|n| n.parse().unwrap())
         .collect();
     assert_eq!(counts.len(), 2, "{}", describe(&result));
-    assert!(counts[0] < 32, "{} processes started under a limit of 32", counts[0]);
+    assert!(
+        counts[0] < 32,
+        "{} processes started under a limit of 32",
+        counts[0]
+    );
     assert!(counts[1] > 0, "no fork was refused: {}", describe(&result));
     // The sleeping children die with the program instead of holding the run open.
-    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
 
     // A real shell fork bomb ends, by timeout at the latest.
     let bomb = ExecutionRequest::shell("bomb() { bomb | bomb & }; bomb; sleep 2")
         .limits(Limits::builder().pids(32).timeout(Duration::from_secs(4)));
     let result = run(executor, bomb).await;
-    assert!(matches!(result.status, Status::Exited | Status::TimedOut), "{}", describe(&result));
+    assert!(
+        matches!(result.status, Status::Exited | Status::TimedOut),
+        "{}",
+        describe(&result)
+    );
 }
 
 pub async fn grandchild_is_killed_on_timeout(executor: &dyn Executor) {
@@ -249,9 +316,16 @@ time.sleep(60)
     let started = Instant::now();
     let result = run(executor, request).await;
     assert_eq!(result.status, Status::TimedOut, "{}", describe(&result));
-    assert!(result.stdout_text().contains("grandchild alive"), "{}", describe(&result));
+    assert!(
+        result.stdout_text().contains("grandchild alive"),
+        "{}",
+        describe(&result)
+    );
     let elapsed = started.elapsed();
-    assert!(elapsed < limit + Duration::from_secs(2), "returned after {elapsed:?}");
+    assert!(
+        elapsed < limit + Duration::from_secs(2),
+        "returned after {elapsed:?}"
+    );
 }
 
 pub async fn ten_executions_at_once(executor: &dyn Executor) {
@@ -276,7 +350,10 @@ pub async fn bad_limits_are_rejected(executor: &dyn Executor) {
         Limits::builder().output_bytes(0),
     ];
     for limits in bad {
-        match executor.execute(ExecutionRequest::python("print(1)").limits(limits.clone())).await {
+        match executor
+            .execute(ExecutionRequest::python("print(1)").limits(limits.clone()))
+            .await
+        {
             Err(Error::InvalidLimit { .. }) => {}
             other => panic!("{limits:?} must be rejected, got {other:?}"),
         }
@@ -286,7 +363,10 @@ pub async fn bad_limits_are_rejected(executor: &dyn Executor) {
 pub async fn missing_command_is_an_error(executor: &dyn Executor) {
     let request = ExecutionRequest::command(["definitely-not-a-command-4711"]);
     match executor.execute(request).await {
-        Err(error) => assert!(error.to_string().contains("definitely-not-a-command-4711"), "{error}"),
+        Err(error) => assert!(
+            error.to_string().contains("definitely-not-a-command-4711"),
+            "{error}"
+        ),
         Ok(result) => assert_eq!(result.exit_code, Some(127), "{}", describe(&result)),
     }
 }
