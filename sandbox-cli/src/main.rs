@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use sandbox_cli::selector::{BackendChoice, select};
+use sandbox_cli::selector::{BackendChoice, Selector};
 use sandbox_core::{Error, ExecutionRequest, ExecutionResult, Limits, LimitsBuilder, Status};
 
 /// Exit code when the sandbox itself failed (as `docker run` does).
@@ -25,7 +25,28 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Commands {
     /// Run a program and pass its output through (or print one JSON object with --json).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Remove sandbox containers (label rlmkit.sandbox) whose owner process is gone.
+    Gc {
+        /// Print the removed containers as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage the Docker backend's image.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommands,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommands {
+    /// Build the sandbox image through the Docker API, streaming progress.
+    Build {
+        /// The image name and tag.
+        #[arg(long, default_value = sandbox_docker::DEFAULT_IMAGE)]
+        image: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -51,6 +72,14 @@ struct RunArgs {
     /// Which backend runs it: auto, docker or restricted.
     #[arg(long, env = "RLMKIT_SANDBOX_BACKEND", default_value = "auto")]
     backend: String,
+
+    /// The Docker image (default: rlmkit-sandbox:<version>).
+    #[arg(long)]
+    image: Option<String>,
+
+    /// The Docker runtime, e.g. runsc (default: the daemon's).
+    #[arg(long)]
+    runtime: Option<String>,
 
     /// Memory limit, e.g. 512m or 1g.
     #[arg(long, allow_hyphen_values = true)]
@@ -112,8 +141,58 @@ async fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Commands::Run(args) => run(args).await,
+        Commands::Run(args) => run(*args).await,
+        Commands::Gc { json } => gc(json).await,
+        Commands::Image {
+            command: ImageCommands::Build { image },
+        } => build_image(&image).await,
     }
+}
+
+async fn gc(json: bool) -> ExitCode {
+    match sandbox_docker::gc().await {
+        Ok(removed) if json => match serde_json::to_string(&removed) {
+            Ok(body) => {
+                println!("{body}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&format!("cannot encode the result: {e}")),
+        },
+        Ok(removed) => {
+            for container in &removed {
+                println!(
+                    "removed {} ({}, owner pid {})",
+                    container.name,
+                    container.state,
+                    container
+                        .owner_pid
+                        .map_or("unknown".to_owned(), |pid| pid.to_string())
+                );
+            }
+            eprintln!(
+                "rlmkit-sandbox: removed {} leftover container(s)",
+                removed.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(&error.to_string()),
+    }
+}
+
+async fn build_image(image: &str) -> ExitCode {
+    eprintln!("rlmkit-sandbox: building {image} through the Docker API");
+    match sandbox_docker::build_image(image, |line| eprintln!("{line}")).await {
+        Ok(()) => {
+            eprintln!("rlmkit-sandbox: built {image}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(&error.to_string()),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("rlmkit-sandbox: {message}");
+    ExitCode::from(SANDBOX_FAILED)
 }
 
 async fn run(args: RunArgs) -> ExitCode {
@@ -135,7 +214,14 @@ async fn try_run(args: RunArgs) -> Result<ExecutionResult, Error> {
     let limits = limits(&args)?;
     let backend: BackendChoice = args.backend.parse()?;
     let request = request(&args)?;
-    let selection = select(backend, limits).await?;
+    let mut selector = Selector::new(backend).limits(limits);
+    if let Some(image) = &args.image {
+        selector = selector.image(image);
+    }
+    if let Some(runtime) = &args.runtime {
+        selector = selector.runtime(runtime);
+    }
+    let selection = selector.select().await?;
     if let Some(notice) = &selection.notice {
         eprintln!("rlmkit-sandbox: {notice}");
     }

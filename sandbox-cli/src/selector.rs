@@ -3,6 +3,7 @@
 //! was asked for by name.
 
 use sandbox_core::{Error, Executor, Limits};
+use sandbox_docker::DockerExecutor;
 use sandbox_restricted::RestrictedExecutor;
 
 /// Which backend to use.
@@ -44,10 +45,107 @@ pub struct Selection {
     pub notice: Option<String>,
 }
 
-/// Builds the executor for `choice` with `limits` as its defaults.
+/// What to select and how to configure the executor it builds.
 ///
-/// `Auto` falls back to the restricted runner only when Docker is
-/// unavailable ([`Error::is_unavailable`]); any other Docker error is returned.
+/// ```no_run
+/// use sandbox_cli::selector::{BackendChoice, Selector};
+/// use sandbox_core::Limits;
+///
+/// # async fn demo() -> Result<(), sandbox_core::Error> {
+/// let selection = Selector::new(BackendChoice::Docker)
+///     .limits(Limits::builder().memory("1g")?.build()?)
+///     .runtime("runsc")
+///     .select()
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Selector {
+    choice: BackendChoice,
+    limits: Limits,
+    image: Option<String>,
+    runtime: Option<String>,
+}
+
+impl Selector {
+    /// A selector for `choice` with the default limits.
+    pub fn new(choice: BackendChoice) -> Self {
+        Selector {
+            choice,
+            ..Selector::default()
+        }
+    }
+
+    /// The executor's limits for requests that do not override them.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The Docker image (default: [`sandbox_docker::DEFAULT_IMAGE`]).
+    pub fn image(mut self, image: impl Into<String>) -> Self {
+        self.image = Some(image.into());
+        self
+    }
+
+    /// The Docker runtime, e.g. `runsc` (default: the daemon's).
+    pub fn runtime(mut self, runtime: impl Into<String>) -> Self {
+        self.runtime = Some(runtime.into());
+        self
+    }
+
+    /// Builds the executor.
+    ///
+    /// `Auto` falls back to the restricted runner only when Docker is
+    /// unavailable ([`Error::is_unavailable`]: no daemon answers, or the image
+    /// is missing and cannot be built); any other Docker error, such as an
+    /// unknown runtime, is returned. `Docker` never falls back.
+    pub async fn select(self) -> Result<Selection, Error> {
+        match self.choice {
+            BackendChoice::Restricted => Ok(Selection {
+                executor: Box::new(self.restricted()?),
+                notice: None,
+            }),
+            BackendChoice::Docker => Ok(Selection {
+                executor: self.docker().await?,
+                notice: None,
+            }),
+            BackendChoice::Auto => match self.docker().await {
+                Ok(executor) => Ok(Selection {
+                    executor,
+                    notice: None,
+                }),
+                Err(error) if error.is_unavailable() => Ok(Selection {
+                    executor: Box::new(self.restricted()?),
+                    notice: Some(format!("{error}; using the restricted runner")),
+                }),
+                Err(error) => Err(error),
+            },
+        }
+    }
+
+    fn restricted(&self) -> Result<RestrictedExecutor, Error> {
+        RestrictedExecutor::builder()
+            .limits(self.limits.clone())
+            .build()
+    }
+
+    async fn docker(&self) -> Result<Box<dyn Executor>, Error> {
+        let mut builder = DockerExecutor::builder().limits(self.limits.clone());
+        if let Some(image) = &self.image {
+            builder = builder.image(image);
+        }
+        if let Some(runtime) = &self.runtime {
+            builder = builder.runtime(runtime);
+        }
+        Ok(Box::new(builder.build().await?))
+    }
+}
+
+/// Builds the executor for `choice` with `limits` as its defaults; see
+/// [`Selector::select`] for when `Auto` falls back.
 ///
 /// ```no_run
 /// use sandbox_cli::selector::{BackendChoice, select};
@@ -63,36 +161,5 @@ pub struct Selection {
 /// # }
 /// ```
 pub async fn select(choice: BackendChoice, limits: Limits) -> Result<Selection, Error> {
-    match choice {
-        BackendChoice::Restricted => Ok(Selection {
-            executor: Box::new(restricted(limits)?),
-            notice: None,
-        }),
-        BackendChoice::Docker => Ok(Selection {
-            executor: docker(limits).await?,
-            notice: None,
-        }),
-        BackendChoice::Auto => match docker(limits.clone()).await {
-            Ok(executor) => Ok(Selection {
-                executor,
-                notice: None,
-            }),
-            Err(error) if error.is_unavailable() => Ok(Selection {
-                executor: Box::new(restricted(limits)?),
-                notice: Some(format!("{error}; using the restricted runner")),
-            }),
-            Err(error) => Err(error),
-        },
-    }
-}
-
-fn restricted(limits: Limits) -> Result<RestrictedExecutor, Error> {
-    RestrictedExecutor::builder().limits(limits).build()
-}
-
-async fn docker(_limits: Limits) -> Result<Box<dyn Executor>, Error> {
-    Err(Error::unavailable(
-        "docker",
-        "this build has no Docker backend yet",
-    ))
+    Selector::new(choice).limits(limits).select().await
 }

@@ -61,6 +61,17 @@ pub enum Error {
         feature: String,
     },
 
+    /// The backend is present but configured wrongly (an image that does not
+    /// exist, a daemon setting it cannot work with, ...). Never a reason to
+    /// fall back to another backend.
+    #[error("the {backend} backend is misconfigured: {reason}")]
+    Configuration {
+        /// The backend's name.
+        backend: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+
     /// A protection that was required could not be put in force.
     #[error("the {backend} backend cannot enforce {protection}: {reason}")]
     ProtectionUnavailable {
@@ -140,6 +151,7 @@ impl Error {
             Error::InvalidLimit { .. } => "invalid_limit",
             Error::InvalidRequest { .. } => "invalid_request",
             Error::Unsupported { .. } => "unsupported",
+            Error::Configuration { .. } => "configuration",
             Error::ProtectionUnavailable { .. } => "protection_unavailable",
             Error::Backend { .. } => "backend",
             Error::Io { .. } => "io",

@@ -30,9 +30,19 @@ fn rss_kib() -> (u64, u64) {
 
 #[tokio::main]
 async fn main() {
-    let runs: usize = std::env::var("RLMKIT_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let runs: usize = std::env::var("RLMKIT_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
     let executor = RestrictedExecutor::new().unwrap();
-    println!("restricted runner, {}", executor.isolation().get(sandbox_core::Protection::Memory).unwrap().detail);
+    println!(
+        "restricted runner, {}",
+        executor
+            .isolation()
+            .get(sandbox_core::Protection::Memory)
+            .unwrap()
+            .detail
+    );
 
     for (label, request) in [
         ("python print(1)", ExecutionRequest::python("print(1)")),
@@ -57,7 +67,11 @@ async fn main() {
 
     let (rss_before, peak_before) = rss_kib();
     let flood = ExecutionRequest::python("import sys\nwhile True: sys.stdout.write('x' * 65536)")
-        .limits(Limits::builder().output_bytes(1 << 20).timeout(Duration::from_secs(20)));
+        .limits(
+            Limits::builder()
+                .output_bytes(1 << 20)
+                .timeout(Duration::from_secs(20)),
+        );
     let mut dropped = 0;
     for _ in 0..5 {
         let result = executor.execute(flood.clone()).await.unwrap();

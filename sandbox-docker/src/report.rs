@@ -1,0 +1,194 @@
+//! The isolation report: what a Docker container enforces for given limits
+//! on the daemon at hand.
+
+use sandbox_core::units::format_bytes;
+use sandbox_core::{IsolationReport, Limits, NetworkMode, Protection, ProtectionState};
+
+use crate::BACKEND;
+use crate::client::DaemonFacts;
+use crate::spec::{MAX_OPEN_FILES, SCRATCH_DIR, SHM_BYTES, USER, granted_cpus};
+
+/// The report for containers run with `limits` (and `runtime`, if any) on a daemon with `facts`.
+pub(crate) fn build(
+    facts: &DaemonFacts,
+    limits: &Limits,
+    runtime: Option<&str>,
+) -> IsolationReport {
+    use ProtectionState::{Enforced, NotEnforced, Partial};
+
+    let memory = format_bytes(limits.memory_bytes);
+    let scratch = format_bytes(limits.scratch_bytes);
+    let runtime_name = runtime
+        .map(str::to_owned)
+        .or_else(|| facts.default_runtime.clone())
+        .unwrap_or_else(|| "runc".to_owned());
+    let gvisor = runtime_name.contains("runsc") || runtime_name.contains("gvisor");
+    let mut report = IsolationReport::new(BACKEND);
+
+    report.set(
+        Protection::Timeout,
+        Enforced,
+        format!(
+            "wall clock {:?}, then the container is killed (SIGKILL to every process of its PID namespace)",
+            limits.timeout
+        ),
+    );
+    report.set(
+        Protection::Memory,
+        Enforced,
+        format!("cgroup memory limit {memory} for the whole container, swap disabled (memory-swap = memory); tmpfs pages count too"),
+    );
+    let cpus = granted_cpus(limits, facts.cpus);
+    let cpu_detail = if cpus < limits.cpus {
+        format!(
+            "CFS quota of {cpus} CPUs (the {} CPUs asked for, capped at the daemon's count)",
+            limits.cpus
+        )
+    } else {
+        format!("CFS quota of {cpus} CPUs")
+    };
+    report.set(Protection::Cpu, Enforced, cpu_detail);
+    report.set(
+        Protection::Processes,
+        Enforced,
+        format!(
+            "cgroup pids limit of {} processes and threads (docker-init included); {MAX_OPEN_FILES} open files per process",
+            limits.pids
+        ),
+    );
+    report.set(
+        Protection::Output,
+        Enforced,
+        format!(
+            "{} of stdout and of stderr kept while streaming from the attach stream; the container is killed past the cap; the daemon logs nothing",
+            format_bytes(limits.output_bytes)
+        ),
+    );
+    report.set(
+        Protection::Scratch,
+        Enforced,
+        format!(
+            "tmpfs {SCRATCH_DIR} of {scratch} (noexec, nosuid, nodev) and a {} /dev/shm, both counted against the memory limit; RLIMIT_FSIZE {scratch}; everything else is read-only",
+            format_bytes(SHM_BYTES as u64)
+        ),
+    );
+    match limits.network {
+        NetworkMode::None => report.set(
+            Protection::Network,
+            Enforced,
+            "network mode none, networking disabled: a loopback interface only",
+        ),
+        _ => report.set(
+            Protection::Network,
+            NotEnforced,
+            "bridge network requested: the program reaches whatever Docker's default bridge reaches",
+        ),
+    }
+    report.set(
+        Protection::Filesystem,
+        Enforced,
+        format!(
+            "read-only root filesystem; no host path is mounted; code and input files are root-owned and read-only in an anonymous volume at /sandbox; only {SCRATCH_DIR} is writable"
+        ),
+    );
+    let user = if facts.userns {
+        format!(
+            "runs as {USER} with no capabilities and no-new-privileges; the daemon remaps users into a user namespace"
+        )
+    } else if facts.rootless {
+        format!(
+            "runs as {USER} with no capabilities and no-new-privileges, under a rootless daemon"
+        )
+    } else {
+        format!(
+            "runs as {USER} with every capability dropped and no-new-privileges; not user-namespaced: uid 1000 is the host's uid 1000"
+        )
+    };
+    report.set(Protection::User, Enforced, user);
+    report.set(
+        Protection::Environment,
+        Enforced,
+        "only the image's variables, HOME and TMPDIR (/tmp), LANG, thread caps and the request's variables",
+    );
+    report.set(
+        Protection::ProcessGroup,
+        Enforced,
+        "its own PID namespace with docker-init as PID 1; killed as a whole",
+    );
+    let syscalls = match (gvisor, facts.seccomp) {
+        (true, _) => (
+            Enforced,
+            format!(
+                "the {runtime_name} runtime (gVisor) serves every system call in its own kernel"
+            ),
+        ),
+        (false, true) => (
+            Enforced,
+            format!(
+                "Docker's default seccomp profile under {runtime_name}; all capabilities dropped; no-new-privileges"
+            ),
+        ),
+        (false, false) => (
+            NotEnforced,
+            format!(
+                "the daemon applies no seccomp profile; only dropped capabilities and no-new-privileges ({runtime_name})"
+            ),
+        ),
+    };
+    report.set(Protection::Syscalls, syscalls.0, syscalls.1);
+    report.set(
+        Protection::Cleanup,
+        Partial,
+        "the container and its volume are force-removed at the end and on errors; when the caller drops the run, or the removal fails, a cleanup thread removes them (retrying for about 30 s); if this process dies mid-run, the container runs until its program ends and stays until `gc` (labels rlmkit.sandbox and rlmkit.sandbox.owner) removes it",
+    );
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_protection_is_reported() {
+        let facts = DaemonFacts {
+            seccomp: true,
+            cpus: Some(2),
+            ..DaemonFacts::default()
+        };
+        let report = build(&facts, &Limits::default(), None);
+        for protection in [
+            Protection::Timeout,
+            Protection::Memory,
+            Protection::Cpu,
+            Protection::Processes,
+            Protection::Output,
+            Protection::Scratch,
+            Protection::Network,
+            Protection::Filesystem,
+            Protection::User,
+            Protection::Environment,
+            Protection::ProcessGroup,
+            Protection::Syscalls,
+            Protection::Cleanup,
+        ] {
+            assert!(report.get(protection).is_some(), "{protection:?}");
+        }
+        assert!(report.is_enforced(Protection::Network));
+        assert!(report.is_enforced(Protection::Syscalls));
+
+        let bridge = Limits::builder()
+            .network(NetworkMode::Bridge)
+            .build()
+            .unwrap();
+        let no_seccomp = DaemonFacts::default();
+        let report = build(&no_seccomp, &bridge, None);
+        assert_eq!(
+            report.state(Protection::Network),
+            Some(ProtectionState::NotEnforced)
+        );
+        assert_eq!(
+            report.state(Protection::Syscalls),
+            Some(ProtectionState::NotEnforced)
+        );
+    }
+}
