@@ -878,9 +878,20 @@ async fn a_daemon_going_away_mid_run_is_an_error() {
         .build()
         .await
         .unwrap();
-    // The probe works: through the proxy, code runs.
-    let result = run(&executor, ExecutionRequest::python("print('via tcp')")).await;
-    assert_eq!(result.stdout_text(), "via tcp\n", "{}", describe(&result));
+    // The probe works, and a remote-style daemon (tcp://, no shared
+    // filesystem) gets the code, the input files and stdin through the API.
+    let request = ExecutionRequest::python(
+        "import sys; print('via tcp', open('data/in.txt').read(), sys.stdin.read())",
+    )
+    .file("data/in.txt", "file")
+    .stdin("stdin");
+    let result = run(&executor, request).await;
+    assert_eq!(
+        result.stdout_text(),
+        "via tcp file stdin\n",
+        "{}",
+        describe(&result)
+    );
 
     let task = {
         let executor = executor.clone();
