@@ -9,9 +9,15 @@
 
 mod cgroup;
 mod executor;
+mod host;
+mod identity;
+mod landlock;
 mod output;
 mod report;
+mod seccomp;
 mod sys;
 mod workspace;
 
 pub use executor::{BACKEND, RestrictedExecutor, RestrictedExecutorBuilder};
+pub use host::DEFAULT_DENY;
+pub use identity::{DEFAULT_FIRST_UID, DEFAULT_UID_COUNT};

@@ -71,9 +71,30 @@ impl Workspace {
         Ok(path)
     }
 
+    /// Hands the writable directories to `uid`:`gid` and lets it reach them
+    /// (the program directory stays root's and read-only).
+    pub fn grant(&self, uid: u32, gid: u32) -> Result<(), Error> {
+        let grant = || -> std::io::Result<()> {
+            fs::set_permissions(self.root.path(), fs::Permissions::from_mode(0o711))?;
+            for dir in [self.work_dir(), self.tmp_dir()] {
+                std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+                for entry in walk(&dir)? {
+                    std::os::unix::fs::lchown(&entry, Some(uid), Some(gid))?;
+                }
+            }
+            Ok(())
+        };
+        grant().map_err(|e| Error::io("handing the working directory to the sandbox user", e))
+    }
+
     /// The working directory (also HOME).
     pub fn work_dir(&self) -> PathBuf {
         self.root.path().join("work")
+    }
+
+    /// The Python program's directory, read-only.
+    pub fn program_path(&self) -> PathBuf {
+        self.program_dir()
     }
 
     /// The scratch directory (TMPDIR).
@@ -94,4 +115,20 @@ impl Workspace {
             .close()
             .map_err(|e| Error::io(format!("removing {}", path.display()), e))
     }
+}
+
+/// Every path below `dir` (not following symlinks).
+fn walk(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                pending.push(entry.path());
+            }
+            found.push(entry.path());
+        }
+    }
+    Ok(found)
 }
