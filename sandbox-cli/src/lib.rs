@@ -1,6 +1,7 @@
 //! The `rlmkit-sandbox` command line, and the backend selector that tools
 //! embedding rlmkit-sandbox can use too.
 
+pub mod doctor;
 pub mod selector;
 
 /// The README's examples, compiled as doc tests.

@@ -26,6 +26,12 @@ struct Cli {
 enum Commands {
     /// Run a program and pass its output through (or print one JSON object with --json).
     Run(Box<RunArgs>),
+    /// Say, for each backend, whether it is available here and which protections it enforces.
+    Doctor {
+        /// Print one JSON object instead of words.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove sandbox containers (label rlmkit.sandbox) whose owner process is gone.
     Gc {
         /// Print the removed containers as JSON.
@@ -142,10 +148,28 @@ async fn main() -> ExitCode {
     };
     match cli.command {
         Commands::Run(args) => run(*args).await,
+        Commands::Doctor { json } => doctor(json).await,
         Commands::Gc { json } => gc(json).await,
         Commands::Image {
             command: ImageCommands::Build { image },
         } => build_image(&image).await,
+    }
+}
+
+async fn doctor(json: bool) -> ExitCode {
+    let diagnosis = sandbox_cli::doctor::diagnose().await;
+    if json {
+        match serde_json::to_string(&diagnosis) {
+            Ok(body) => println!("{body}"),
+            Err(e) => return fail(&format!("cannot encode the diagnosis: {e}")),
+        }
+    } else {
+        print!("{diagnosis}");
+    }
+    if diagnosis.auto.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(SANDBOX_FAILED)
     }
 }
 

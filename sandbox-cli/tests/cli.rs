@@ -214,3 +214,41 @@ fn gc_reports_what_it_removed() {
     let removed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(removed.is_array(), "{removed}");
 }
+
+#[test]
+fn doctor_tells_both_backends_in_words_and_json() {
+    let words = sandbox(&["doctor"]);
+    let text_out = text(&words.stdout);
+    assert!(text_out.contains("restricted: available"), "{text_out}");
+    assert!(text_out.contains("docker:"), "{text_out}");
+    assert!(text_out.contains("auto picks:"), "{text_out}");
+
+    let json = sandbox(&["doctor", "--json"]);
+    assert_eq!(json.status.code(), Some(0), "{}", text(&json.stderr));
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let backends = value["backends"].as_array().unwrap();
+    let restricted = backends
+        .iter()
+        .find(|b| b["backend"] == "restricted")
+        .unwrap();
+    assert_eq!(restricted["available"], true);
+    // The words and the JSON tell the same protections.
+    for protection in restricted["isolation"]["protections"].as_array().unwrap() {
+        let line = format!(
+            "{:<14} {:<13} {}",
+            protection["protection"].as_str().unwrap(),
+            protection["state"].as_str().unwrap(),
+            protection["detail"].as_str().unwrap()
+        );
+        assert!(text_out.contains(&line), "missing from the words: {line}");
+    }
+    let docker = backends.iter().find(|b| b["backend"] == "docker").unwrap();
+    if docker["available"] == false {
+        assert!(docker["reason"].as_str().is_some_and(|r| !r.is_empty()));
+        assert!(
+            !docker_required(),
+            "Docker is required here: {}",
+            docker["reason"]
+        );
+    }
+}

@@ -22,7 +22,7 @@ use crate::host::{DEFAULT_DENY, Host, Wanted};
 use crate::identity::{DEFAULT_FIRST_UID, DEFAULT_UID_COUNT};
 use crate::landlock::{Access, Ruleset};
 use crate::output::{SharedCapture, read_capped, snapshot};
-use crate::report::{self, InForce, LandlockLevel};
+use crate::report::{self, InForce, LandlockLevel, SandboxUid};
 use crate::sys::{self, ChildSetup, Reaped};
 use crate::workspace::Workspace;
 
@@ -269,7 +269,7 @@ impl RestrictedExecutor {
     }
 
     /// What an execution with `limits` gets, given what the machine offers.
-    fn in_force(&self, limits: &Limits, cgroup: bool, sandbox_uid: Option<u32>) -> InForce {
+    fn in_force(&self, limits: &Limits, cgroup: bool, sandbox_uid: Option<SandboxUid>) -> InForce {
         let landlock = self
             .host
             .landlock_abi
@@ -410,13 +410,10 @@ impl Executor for RestrictedExecutor {
 
     fn isolation(&self) -> IsolationReport {
         let cgroup = self.host.cgroups.is_ok();
-        let sandbox_uid = self
-            .host
-            .uids
-            .as_ref()
-            .ok()
-            .and_then(|pool| pool.lease())
-            .map(|l| l.identity().uid);
+        let sandbox_uid = self.host.uids.as_ref().ok().map(|pool| {
+            let (first, end) = pool.bounds();
+            SandboxUid::Range(first, end)
+        });
         report::build(
             &self.host,
             &self.limits,
@@ -445,7 +442,11 @@ impl Executor for RestrictedExecutor {
             workspace.grant(identity.uid, identity.gid)?;
         }
         let cgroup = self.cgroup(&limits);
-        let in_force = self.in_force(&limits, cgroup.is_some(), identity.map(|i| i.uid));
+        let in_force = self.in_force(
+            &limits,
+            cgroup.is_some(),
+            identity.map(|i| SandboxUid::One(i.uid)),
+        );
         let isolation = report::build(&self.host, &limits, in_force);
         self.check_required(&isolation)?;
         let cgroup_procs = match &cgroup {

@@ -69,6 +69,11 @@ impl UidPool {
     pub fn describe(&self) -> String {
         format!("{}..{}", self.first, self.first + self.count)
     }
+
+    /// The range as (first, end).
+    pub fn bounds(&self) -> (u32, u32) {
+        (self.first, self.first + self.count)
+    }
 }
 
 /// One identity in use by one execution.

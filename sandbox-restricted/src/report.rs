@@ -14,7 +14,25 @@ pub(crate) struct InForce {
     pub landlock: Option<LandlockLevel>,
     pub seccomp: bool,
     /// The uid the program runs as, when it is one of the sandbox's own.
-    pub sandbox_uid: Option<u32>,
+    pub sandbox_uid: Option<SandboxUid>,
+}
+
+/// The sandbox's own uid: one execution's, or any of a range (for the executor's report).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SandboxUid {
+    /// The uid of one execution.
+    One(u32),
+    /// Any uid of `first..end`.
+    Range(u32, u32),
+}
+
+impl std::fmt::Display for SandboxUid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SandboxUid::One(uid) => write!(f, "uid {uid}"),
+            SandboxUid::Range(first, end) => write!(f, "a uid of its own from {first}..{end}"),
+        }
+    }
 }
 
 /// What the Landlock ruleset covers.
@@ -112,7 +130,7 @@ pub(crate) fn build(host: &Host, limits: &Limits, in_force: InForce) -> Isolatio
             Some(uid) => (
                 Enforced,
                 format!(
-                    "RLIMIT_NPROC {} for uid {uid}, which this execution alone uses",
+                    "RLIMIT_NPROC {} for {uid}, which this execution alone uses",
                     limits.pids
                 ),
             ),
@@ -235,7 +253,7 @@ pub(crate) fn build(host: &Host, limits: &Limits, in_force: InForce) -> Isolatio
         Some(uid) => (
             Enforced,
             format!(
-                "runs as uid and gid {uid}, which no account uses, without supplementary groups"
+                "runs as {uid} (gid alike), which no account uses, without supplementary groups"
             ),
         ),
         None if host.uid == 0 => (
