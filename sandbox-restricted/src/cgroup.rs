@@ -58,6 +58,7 @@ impl CgroupRoot {
         for dir in root.parent_dirs() {
             fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {} ({e}); run as root", dir.display()))?;
+            probe_writable(dir)?;
         }
         Ok(root)
     }
@@ -80,6 +81,7 @@ impl CgroupRoot {
                 }
             }
         }
+        probe_writable(&parent)?;
         Ok(CgroupRoot::V2 { parent })
     }
 
@@ -109,6 +111,19 @@ impl CgroupRoot {
             CgroupRoot::V2 { .. } => "cgroup v2",
         }
     }
+}
+
+/// Checks that this process may create cgroups under `parent`.
+fn probe_writable(parent: &Path) -> Result<(), String> {
+    let probe = parent.join(format!("probe-{}", std::process::id()));
+    fs::create_dir(&probe)
+        .and_then(|()| fs::remove_dir(&probe))
+        .map_err(|e| {
+            format!(
+                "cannot create cgroups under {} ({e}); run as root or delegate that directory to this user",
+                parent.display()
+            )
+        })
 }
 
 /// The cgroup of one execution; dropping it kills its members and removes it.
