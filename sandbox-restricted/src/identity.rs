@@ -13,12 +13,15 @@ pub const DEFAULT_FIRST_UID: u32 = 1_500_000_000;
 /// The default number of uids in the range.
 pub const DEFAULT_UID_COUNT: u32 = 65_536;
 
+/// The uids leased by every pool of this process: two executors sharing a
+/// range never hand out the same uid at once.
+static IN_USE: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+
 /// A range of uids handed out one per execution.
 #[derive(Debug)]
 pub(crate) struct UidPool {
     first: u32,
     count: u32,
-    in_use: Mutex<BTreeSet<u32>>,
 }
 
 impl UidPool {
@@ -43,26 +46,19 @@ impl UidPool {
                 }
             }
         }
-        Ok(Arc::new(UidPool {
-            first,
-            count,
-            in_use: Mutex::new(BTreeSet::new()),
-        }))
+        Ok(Arc::new(UidPool { first, count }))
     }
 
     /// A free identity, released when the lease is dropped; spread by process
     /// id so that several processes sharing the range rarely meet.
-    pub fn lease(self: &Arc<Self>) -> Option<Lease> {
-        let mut in_use = self.in_use.lock().ok()?;
+    pub fn lease(&self) -> Option<Lease> {
+        let mut in_use = IN_USE.lock().ok()?;
         let start = std::process::id().wrapping_mul(2_654_435_761) % self.count;
-        let offset = (0..self.count)
-            .map(|i| (start + i) % self.count)
-            .find(|offset| !in_use.contains(offset))?;
-        in_use.insert(offset);
-        Some(Lease {
-            pool: Arc::clone(self),
-            offset,
-        })
+        let uid = (0..self.count)
+            .map(|i| self.first + (start + i) % self.count)
+            .find(|uid| !in_use.contains(uid))?;
+        in_use.insert(uid);
+        Some(Lease { uid })
     }
 
     /// The range, for reports.
@@ -79,22 +75,23 @@ impl UidPool {
 /// One identity in use by one execution.
 #[derive(Debug)]
 pub(crate) struct Lease {
-    pool: Arc<UidPool>,
-    offset: u32,
+    uid: u32,
 }
 
 impl Lease {
     /// The uid and gid.
     pub fn identity(&self) -> Identity {
-        let id = self.pool.first + self.offset;
-        Identity { uid: id, gid: id }
+        Identity {
+            uid: self.uid,
+            gid: self.uid,
+        }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Ok(mut in_use) = self.pool.in_use.lock() {
-            in_use.remove(&self.offset);
+        if let Ok(mut in_use) = IN_USE.lock() {
+            in_use.remove(&self.uid);
         }
     }
 }
@@ -104,8 +101,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn two_pools_over_one_range_never_share_a_uid() {
+        let first = DEFAULT_FIRST_UID + 1000;
+        let a = UidPool::new(first, 2).unwrap();
+        let b = UidPool::new(first, 2).unwrap();
+        let x = a.lease().unwrap();
+        let y = b.lease().unwrap();
+        assert_ne!(x.identity().uid, y.identity().uid);
+        assert!(a.lease().is_none() && b.lease().is_none());
+    }
+
+    #[test]
     fn leases_are_distinct_and_released() {
-        let pool = UidPool::new(DEFAULT_FIRST_UID, 3).unwrap();
+        let pool = UidPool::new(DEFAULT_FIRST_UID + 2000, 3).unwrap();
         let a = pool.lease().unwrap();
         let b = pool.lease().unwrap();
         let c = pool.lease().unwrap();
