@@ -72,6 +72,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A session's process is gone, and its state with it.
+    #[error("session {session} is lost: {reason}; open a new session")]
+    SessionLost {
+        /// The session's id.
+        session: String,
+        /// What ended it.
+        reason: String,
+    },
+
     /// A protection that was required could not be put in force.
     #[error("the {backend} backend cannot enforce {protection}: {reason}")]
     ProtectionUnavailable {
@@ -152,6 +161,7 @@ impl Error {
             Error::InvalidRequest { .. } => "invalid_request",
             Error::Unsupported { .. } => "unsupported",
             Error::Configuration { .. } => "configuration",
+            Error::SessionLost { .. } => "session_lost",
             Error::ProtectionUnavailable { .. } => "protection_unavailable",
             Error::Backend { .. } => "backend",
             Error::Io { .. } => "io",

@@ -2,7 +2,9 @@
 
 use async_trait::async_trait;
 
-use crate::{Error, ExecutionRequest, ExecutionResult, IsolationReport, Limits};
+use crate::{
+    Error, ExecutionRequest, ExecutionResult, IsolationReport, Limits, Session, SessionOptions,
+};
 
 /// Runs untrusted code in a sandbox.
 ///
@@ -37,6 +39,17 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     /// only when the sandbox could not run it. Dropping the returned future
     /// stops the program and cleans up after it.
     async fn execute(&self, request: ExecutionRequest) -> Result<ExecutionResult, Error>;
+
+    /// Opens a persistent Python session (see [`Session`]).
+    ///
+    /// The default says the backend has no sessions.
+    async fn open_session(&self, options: SessionOptions) -> Result<Box<dyn Session>, Error> {
+        let _ = options;
+        Err(Error::Unsupported {
+            backend: self.name().to_owned(),
+            feature: "sessions".to_owned(),
+        })
+    }
 }
 
 #[async_trait]
@@ -56,6 +69,10 @@ impl<T: Executor + ?Sized> Executor for Box<T> {
     async fn execute(&self, request: ExecutionRequest) -> Result<ExecutionResult, Error> {
         (**self).execute(request).await
     }
+
+    async fn open_session(&self, options: SessionOptions) -> Result<Box<dyn Session>, Error> {
+        (**self).open_session(options).await
+    }
 }
 
 #[async_trait]
@@ -74,5 +91,9 @@ impl<T: Executor + ?Sized> Executor for std::sync::Arc<T> {
 
     async fn execute(&self, request: ExecutionRequest) -> Result<ExecutionResult, Error> {
         (**self).execute(request).await
+    }
+
+    async fn open_session(&self, options: SessionOptions) -> Result<Box<dyn Session>, Error> {
+        (**self).open_session(options).await
     }
 }

@@ -29,6 +29,7 @@ mod isolation;
 mod limits;
 mod request;
 mod result;
+pub mod session;
 pub mod units;
 
 pub use error::{BoxError, Error, Result};
@@ -37,6 +38,7 @@ pub use isolation::{IsolationReport, Protection, ProtectionState, ProtectionStat
 pub use limits::{Limits, LimitsBuilder, NetworkMode};
 pub use request::{ExecutionRequest, InputFile, Program};
 pub use result::{ExecutionResult, ResourceUsage, Status};
+pub use session::{Cell, Session, SessionOptions, SessionState};
 
 /// Re-exported so backends implement [`Executor`] with the same macro version.
 pub use async_trait::async_trait;

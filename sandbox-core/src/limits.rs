@@ -311,7 +311,7 @@ pub(crate) mod duration_ms {
     }
 }
 
-mod opt_duration_ms {
+pub(crate) mod opt_duration_ms {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
