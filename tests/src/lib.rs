@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod conformance;
+pub mod sessions;
 
 /// Expands to one `#[rstest]` test per conformance case, each running the case
 /// against the executor `$make()` returns (`Option<Box<dyn Executor>>`; `None`
@@ -21,6 +22,16 @@ macro_rules! conformance_suite {
             missing_command_is_an_error
         );
     };
+    (@sessions $make:path; $($case:ident),* $(,)?) => {
+        $(
+            #[::rstest::rstest]
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some(executor) = $make() else { return };
+                $crate::sessions::$case(executor.as_ref()).await;
+            }
+        )*
+    };
     (@cases $make:path; $($case:ident),* $(,)?) => {
         $(
             #[::rstest::rstest]
@@ -30,5 +41,19 @@ macro_rules! conformance_suite {
                 $crate::conformance::$case(executor.as_ref()).await;
             }
         )*
+    };
+}
+
+/// Expands to one test per session case in [`sessions`], each against the
+/// executor `$make()` returns (`None` skips, as for [`conformance_suite!`]).
+#[macro_export]
+macro_rules! session_suite {
+    ($make:path) => {
+        $crate::conformance_suite!(@sessions $make;
+            state_is_kept_between_cells, an_exception_is_data_and_the_session_lives_on,
+            a_timed_out_cell_is_interrupted_and_the_session_lives_on,
+            a_cell_that_ignores_interruption_loses_the_session, cell_output_is_capped,
+            files_move_in_and_out, the_lifetime_limit_ends_the_session, session_limits_hold
+        );
     };
 }
