@@ -90,15 +90,7 @@ impl std::fmt::Display for Diagnosis {
                 writeln!(f, "  {reason}")?;
             }
             if let Some(isolation) = &backend.isolation {
-                for entry in &isolation.protections {
-                    writeln!(
-                        f,
-                        "  {:<14} {:<13} {}",
-                        entry.protection.as_str(),
-                        entry.state.as_str(),
-                        entry.detail
-                    )?;
-                }
+                write!(f, "{isolation}")?;
             }
             writeln!(f)?;
         }

@@ -178,9 +178,9 @@ impl IsolationReport {
     }
 }
 
+/// One line a protection: name, state, detail, each indented by two spaces.
 impl std::fmt::Display for IsolationReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "backend: {}", self.backend)?;
         for entry in &self.protections {
             writeln!(
                 f,
