@@ -50,6 +50,14 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
             feature: "sessions".to_owned(),
         })
     }
+
+    /// Releases what the executor holds ahead of time (e.g. warm containers)
+    /// and waits until it is gone. Dropping the executor releases it too, in
+    /// the background; call this before the process exits. The default has
+    /// nothing to release.
+    async fn shutdown(&self) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -73,6 +81,10 @@ impl<T: Executor + ?Sized> Executor for Box<T> {
     async fn open_session(&self, options: SessionOptions) -> Result<Box<dyn Session>, Error> {
         (**self).open_session(options).await
     }
+
+    async fn shutdown(&self) -> Result<(), Error> {
+        (**self).shutdown().await
+    }
 }
 
 #[async_trait]
@@ -95,5 +107,9 @@ impl<T: Executor + ?Sized> Executor for std::sync::Arc<T> {
 
     async fn open_session(&self, options: SessionOptions) -> Result<Box<dyn Session>, Error> {
         (**self).open_session(options).await
+    }
+
+    async fn shutdown(&self) -> Result<(), Error> {
+        (**self).shutdown().await
     }
 }
