@@ -3,6 +3,7 @@
 
 pub mod doctor;
 pub mod selector;
+pub mod serve;
 
 /// The README's examples, compiled as doc tests.
 #[cfg(doctest)]

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use sandbox_cli::selector::{BackendChoice, Selector};
-use sandbox_core::{Error, ExecutionRequest, ExecutionResult, Limits, LimitsBuilder, Status};
+use sandbox_cli::serve::ServeOptions;
+use sandbox_core::{
+    Error, ExecutionRequest, ExecutionResult, Executor, Limits, LimitsBuilder, Status,
+};
 
 /// Exit code when the sandbox itself failed (as `docker run` does).
 const SANDBOX_FAILED: u8 = 125;
@@ -38,6 +41,13 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
+    /// Serve JSON-RPC 2.0 requests, one JSON object per line, over stdin and stdout.
+    ///
+    /// Methods: execute, session.open, session.run, session.put_file,
+    /// session.get_file, session.close, doctor. The backend and limit flags
+    /// are the defaults of every request. At end of input every session is
+    /// closed and the server exits 0.
+    Serve(Box<ServeArgs>),
     /// Manage the Docker backend's image.
     Image {
         #[command(subcommand)]
@@ -55,27 +65,33 @@ enum ImageCommands {
     },
 }
 
+/// The flags of `serve`.
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Speak JSON-RPC over stdin and stdout (the one transport so far).
+    #[arg(long)]
+    stdio: bool,
+
+    /// At end of input (or SIGINT/SIGTERM), how long in-flight requests may
+    /// take to finish before they are cancelled, e.g. 5s; sessions are
+    /// closed at once either way.
+    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    shutdown_grace: String,
+
+    #[command(flatten)]
+    executor: ExecutorArgs,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Lang {
     Python,
     Shell,
 }
 
+/// The backend and the default limits: the same flags for `run` and `serve`.
 #[derive(Debug, clap::Args)]
-struct RunArgs {
-    /// The program's source file, or `-` to read it from stdin.
-    #[arg(conflicts_with = "code")]
-    source: Option<PathBuf>,
-
-    /// The program's source, given inline.
-    #[arg(long, short = 'c')]
-    code: Option<String>,
-
-    /// The language (default: shell for a `.sh` file, python otherwise).
-    #[arg(long, value_enum)]
-    lang: Option<Lang>,
-
-    /// Which backend runs it: auto, docker or restricted.
+struct ExecutorArgs {
+    /// Which backend runs the code: auto, docker or restricted.
     #[arg(long, env = "RLMKIT_SANDBOX_BACKEND", default_value = "auto")]
     backend: String,
 
@@ -114,6 +130,24 @@ struct RunArgs {
     /// Cap on scratch space, e.g. 64m.
     #[arg(long, allow_hyphen_values = true)]
     scratch: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The program's source file, or `-` to read it from stdin.
+    #[arg(conflicts_with = "code")]
+    source: Option<PathBuf>,
+
+    /// The program's source, given inline.
+    #[arg(long, short = 'c')]
+    code: Option<String>,
+
+    /// The language (default: shell for a `.sh` file, python otherwise).
+    #[arg(long, value_enum)]
+    lang: Option<Lang>,
+
+    #[command(flatten)]
+    executor: ExecutorArgs,
 
     /// An environment variable for the program, NAME=VALUE (repeatable).
     #[arg(long = "env", short = 'e', value_name = "NAME=VALUE")]
@@ -150,6 +184,7 @@ async fn main() -> ExitCode {
         Commands::Run(args) => run(*args).await,
         Commands::Doctor { json } => doctor(json).await,
         Commands::Gc { json } => gc(json).await,
+        Commands::Serve(args) => serve(*args).await,
         Commands::Image {
             command: ImageCommands::Build { image },
         } => build_image(&image).await,
@@ -214,6 +249,44 @@ async fn build_image(image: &str) -> ExitCode {
     }
 }
 
+/// `serve --stdio`: answers requests until end of input or SIGINT/SIGTERM.
+async fn serve(args: ServeArgs) -> ExitCode {
+    if !args.stdio {
+        return fail("serve needs --stdio (JSON-RPC over stdin and stdout is the one transport)");
+    }
+    let grace = match sandbox_core::units::parse_duration("shutdown-grace", &args.shutdown_grace) {
+        Ok(grace) => grace,
+        Err(error) => return fail(&error.to_string()),
+    };
+    let executor = match args.executor.selector() {
+        Ok(selector) => match select(selector).await {
+            Ok(executor) => executor,
+            Err(error) => return fail(&error.to_string()),
+        },
+        Err(error) => return fail(&error.to_string()),
+    };
+    let options = ServeOptions::default().shutdown_grace(grace);
+    let served = sandbox_cli::serve::serve(
+        std::sync::Arc::from(executor),
+        tokio::io::stdin(),
+        tokio::io::stdout(),
+        sandbox_cli::serve::termination(),
+        options,
+    )
+    .await;
+    let code = match served {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("rlmkit-sandbox: {error}");
+            i32::from(SANDBOX_FAILED)
+        }
+    };
+    // Every response is written and every session closed. Exit now rather
+    // than wait for the runtime to join a stdin read still blocked after a
+    // signal.
+    std::process::exit(code)
+}
+
 fn fail(message: &str) -> ExitCode {
     eprintln!("rlmkit-sandbox: {message}");
     ExitCode::from(SANDBOX_FAILED)
@@ -235,47 +308,63 @@ async fn run(args: RunArgs) -> ExitCode {
 }
 
 async fn try_run(args: RunArgs) -> Result<ExecutionResult, Error> {
-    let limits = limits(&args)?;
-    let backend: BackendChoice = args.backend.parse()?;
+    let selector = args.executor.selector()?;
     let request = request(&args)?;
-    let mut selector = Selector::new(backend).limits(limits);
-    if let Some(image) = &args.image {
-        selector = selector.image(image);
+    let executor = select(selector).await?;
+    executor.execute(request).await
+}
+
+impl ExecutorArgs {
+    /// The limits the flags give, over the defaults.
+    fn limits(&self) -> Result<Limits, Error> {
+        let mut builder = LimitsBuilder::default();
+        if let Some(memory) = &self.memory {
+            builder = builder.memory(memory)?;
+        }
+        if let Some(cpus) = &self.cpus {
+            builder = builder.cpus_str(cpus)?;
+        }
+        if let Some(timeout) = &self.timeout {
+            builder = builder.timeout_str(timeout)?;
+        }
+        if let Some(pids) = self.pids {
+            builder = builder.pids(pids);
+        }
+        if let Some(network) = &self.network {
+            builder = builder.network(network.parse()?);
+        }
+        if let Some(output) = &self.output_limit {
+            builder = builder.output(output)?;
+        }
+        if let Some(scratch) = &self.scratch {
+            builder = builder.scratch(scratch)?;
+        }
+        builder.build()
     }
-    if let Some(runtime) = &args.runtime {
-        selector = selector.runtime(runtime);
+
+    /// A selector for the backend, image, runtime and limits the flags give,
+    /// all checked; nothing is started yet.
+    fn selector(&self) -> Result<Selector, Error> {
+        let limits = self.limits()?;
+        let backend: BackendChoice = self.backend.parse()?;
+        let mut selector = Selector::new(backend).limits(limits);
+        if let Some(image) = &self.image {
+            selector = selector.image(image);
+        }
+        if let Some(runtime) = &self.runtime {
+            selector = selector.runtime(runtime);
+        }
+        Ok(selector)
     }
+}
+
+/// Builds the executor, telling on stderr why when `auto` picked a fallback.
+async fn select(selector: Selector) -> Result<Box<dyn Executor>, Error> {
     let selection = selector.select().await?;
     if let Some(notice) = &selection.notice {
         eprintln!("rlmkit-sandbox: {notice}");
     }
-    selection.executor.execute(request).await
-}
-
-fn limits(args: &RunArgs) -> Result<Limits, Error> {
-    let mut builder = LimitsBuilder::default();
-    if let Some(memory) = &args.memory {
-        builder = builder.memory(memory)?;
-    }
-    if let Some(cpus) = &args.cpus {
-        builder = builder.cpus_str(cpus)?;
-    }
-    if let Some(timeout) = &args.timeout {
-        builder = builder.timeout_str(timeout)?;
-    }
-    if let Some(pids) = args.pids {
-        builder = builder.pids(pids);
-    }
-    if let Some(network) = &args.network {
-        builder = builder.network(network.parse()?);
-    }
-    if let Some(output) = &args.output_limit {
-        builder = builder.output(output)?;
-    }
-    if let Some(scratch) = &args.scratch {
-        builder = builder.scratch(scratch)?;
-    }
-    builder.build()
+    Ok(selection.executor)
 }
 
 fn request(args: &RunArgs) -> Result<ExecutionRequest, Error> {

@@ -1,28 +1,30 @@
 //! [`RestrictedExecutor`]: one supervised child process per execution.
 
+use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::resource::Resource;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
+use sandbox_core::session::REPL_SOURCE;
 use sandbox_core::{
     Error, ExecutionRequest, ExecutionResult, Executor, IsolationReport, Limits, NetworkMode,
-    Program, Protection, ResourceUsage, Status, async_trait,
+    Program, Protection, ResourceUsage, Session, SessionOptions, Status, async_trait,
 };
 
 use crate::cgroup::Cgroup;
 use crate::host::{DEFAULT_DENY, Host, Wanted};
-use crate::identity::{DEFAULT_FIRST_UID, DEFAULT_UID_COUNT};
+use crate::identity::{DEFAULT_FIRST_UID, DEFAULT_UID_COUNT, Lease};
 use crate::landlock::{Access, Ruleset};
 use crate::output::{SharedCapture, read_capped, snapshot};
+use crate::process::{AbortOnDrop, ProcessTree, on_spawner_thread};
 use crate::report::{self, InForce, LandlockLevel, SandboxUid};
+use crate::session::RestrictedSession;
 use crate::sys::{self, ChildSetup, Reaped};
 use crate::workspace::Workspace;
 
@@ -36,7 +38,95 @@ const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 const MAX_OPEN_FILES: u64 = 1024;
 
 /// How long output readers may take to finish once every process is gone.
-const READER_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+const READER_GRACE: Duration = Duration::from_secs(1);
+
+/// The longest a session may live.
+const MAX_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// What a sandboxed child is for; the isolation is the same either way.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Purpose {
+    /// One execution: stdin is a pipe only when the request brings bytes for
+    /// it, and the CPU-time backstop covers the request's timeout.
+    Execution,
+    /// A session's server: stdin and stdout carry the session protocol,
+    /// Python runs its source with `-c` (so the working directory is on
+    /// `sys.path`, as in an interactive interpreter), and the CPU-time
+    /// backstop covers the session's whole lifetime.
+    Session {
+        /// The session's total lifetime.
+        lifetime: Duration,
+    },
+}
+
+/// A sandboxed child ready to start: its command, with every isolation step
+/// planned for the moment between fork and exec, and what must outlive it.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    command: Command,
+    program: PathBuf,
+    workspace: Workspace,
+    lease: Option<Lease>,
+    cgroup: Option<Cgroup>,
+    limits: Limits,
+    isolation: IsolationReport,
+}
+
+/// A started sandboxed child and what it holds.
+#[derive(Debug)]
+pub(crate) struct Started {
+    /// The child, its pipes still in place.
+    pub child: std::process::Child,
+    /// Its pid, also its process group's id.
+    pub pid: i32,
+    /// Its process group and cgroup.
+    pub tree: ProcessTree,
+    /// Its directories, removed when it is done.
+    pub workspace: Workspace,
+    /// Its sandbox uid, free again once every process of it is gone.
+    pub lease: Option<Lease>,
+    /// Its limits.
+    pub limits: Limits,
+    /// What is in force for it.
+    pub isolation: IsolationReport,
+}
+
+impl Prepared {
+    /// Starts the child; on failure everything prepared is removed again.
+    pub fn start(self) -> Result<Started, Error> {
+        let Prepared {
+            mut command,
+            program,
+            workspace,
+            lease,
+            cgroup,
+            limits,
+            isolation,
+        } = self;
+        let child = command.spawn().map_err(|e| spawn_error(&program, e))?;
+        // The plan holds descriptors (the Landlock ruleset, cgroup files): close ours.
+        drop(command);
+        let pid = match i32::try_from(child.id()) {
+            Ok(pid) => pid,
+            Err(e) => {
+                return Err(Error::backend(
+                    BACKEND,
+                    "the child's pid is out of range",
+                    e,
+                ));
+            }
+        };
+        Ok(Started {
+            child,
+            pid,
+            tree: ProcessTree::new(pid, cgroup),
+            workspace,
+            lease,
+            limits,
+            isolation,
+        })
+    }
+}
 
 /// Runs code as a hardened child process of this one.
 ///
@@ -290,18 +380,26 @@ impl RestrictedExecutor {
     }
 
     /// The argv that runs `program`, writing source files into `workspace`.
-    fn argv(&self, program: &Program, workspace: &Workspace) -> Result<Vec<PathBuf>, Error> {
+    fn argv(
+        &self,
+        program: &Program,
+        workspace: &Workspace,
+        purpose: Purpose,
+    ) -> Result<Vec<OsString>, Error> {
         Ok(match program {
+            Program::Python(source) if matches!(purpose, Purpose::Session { .. }) => {
+                vec![self.python()?.into(), "-c".into(), source.into()]
+            }
             Program::Python(source) => {
                 let python = self.python()?;
                 let file = workspace.write_program("main.py", source)?;
-                vec![python, file]
+                vec![python.into(), file.into()]
             }
             Program::Shell(script) => {
                 let file = workspace.write_program("main.sh", script)?;
-                vec![self.shell.clone(), file]
+                vec![self.shell.clone().into(), file.into()]
             }
-            Program::Command(argv) => argv.iter().map(PathBuf::from).collect(),
+            Program::Command(argv) => argv.iter().map(OsString::from).collect(),
             other => {
                 return Err(Error::Unsupported {
                     backend: BACKEND.to_owned(),
@@ -313,9 +411,10 @@ impl RestrictedExecutor {
 
     fn command(
         &self,
-        argv: &[PathBuf],
+        argv: &[OsString],
         request: &ExecutionRequest,
         workspace: &Workspace,
+        purpose: Purpose,
     ) -> Result<Command, Error> {
         let (program, args) = argv
             .split_first()
@@ -335,18 +434,29 @@ impl RestrictedExecutor {
             .env("OMP_NUM_THREADS", "1")
             .env("MKL_NUM_THREADS", "1")
             .envs(&request.env)
-            .stdin(if request.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(
+                if request.stdin.is_some() || matches!(purpose, Purpose::Session { .. }) {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                },
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         Ok(command)
     }
 
-    fn rlimits(&self, limits: &Limits, in_force: &InForce) -> Vec<(Resource, u64)> {
-        let cpu_seconds = (limits.timeout.as_secs_f64() * limits.cpus.max(1.0)).ceil() as u64 + 1;
+    fn rlimits(
+        &self,
+        limits: &Limits,
+        in_force: &InForce,
+        purpose: Purpose,
+    ) -> Vec<(Resource, u64)> {
+        let wall = match purpose {
+            Purpose::Execution => limits.timeout,
+            Purpose::Session { lifetime } => lifetime,
+        };
+        let cpu_seconds = (wall.as_secs_f64() * limits.cpus.max(1.0)).ceil() as u64 + 1;
         let open_files = nix::sys::resource::getrlimit(Resource::RLIMIT_NOFILE)
             .map(|(_, hard)| hard.min(MAX_OPEN_FILES))
             .unwrap_or(MAX_OPEN_FILES);
@@ -367,6 +477,77 @@ impl RestrictedExecutor {
             rlimits.push((Resource::RLIMIT_NPROC, running + u64::from(limits.pids)));
         }
         rlimits
+    }
+
+    /// Prepares one sandboxed child for `request`: validates it, creates its
+    /// workspace, leases its uid, creates its cgroup and plans every step of
+    /// its isolation (namespaces, identity, rlimits, Landlock, seccomp).
+    /// One-shot executions and sessions share this, so they are isolated alike.
+    pub(crate) fn prepare(
+        &self,
+        request: &ExecutionRequest,
+        purpose: Purpose,
+    ) -> Result<Prepared, Error> {
+        request.validate()?;
+        let limits = request.limits.build_over(&self.limits)?;
+        let workspace = Workspace::create(&self.temp_dir, &request.files)?;
+        let argv = self.argv(&request.program, &workspace, purpose)?;
+        let mut command = self.command(&argv, request, &workspace, purpose)?;
+
+        let lease = match &self.host.uids {
+            Ok(pool) => Some(pool.lease().ok_or_else(|| {
+                Error::unavailable(
+                    BACKEND,
+                    format!("every sandbox uid in {} is in use", pool.describe()),
+                )
+            })?),
+            Err(_) => None,
+        };
+        let identity = lease.as_ref().map(|lease| lease.identity());
+        if let Some(identity) = identity {
+            workspace.grant(identity.uid, identity.gid)?;
+        }
+        let cgroup = self.cgroup(&limits);
+        let in_force = self.in_force(
+            &limits,
+            cgroup.is_some(),
+            identity.map(|i| SandboxUid::One(i.uid)),
+        );
+        let isolation = report::build(&self.host, &limits, in_force);
+        self.check_required(&isolation)?;
+        let cgroup_procs = match &cgroup {
+            Some(cgroup) => cgroup
+                .procs_files()
+                .map_err(|e| Error::io("opening the execution's cgroup", e))?,
+            None => Vec::new(),
+        };
+        sys::apply_before_exec(
+            &mut command,
+            ChildSetup {
+                cgroup_procs,
+                namespaces: self
+                    .host
+                    .namespaces_for(limits.network == NetworkMode::None),
+                identity,
+                parent: std::process::id() as libc::pid_t,
+                rlimits: self.rlimits(&limits, &in_force, purpose),
+                landlock: self.landlock(&workspace, &limits)?,
+                seccomp: match &self.host.seccomp {
+                    Ok(programs) if limits.network == NetworkMode::None => programs.to_vec(),
+                    Ok(_) => Vec::new(),
+                    Err(_) => Vec::new(),
+                },
+            },
+        );
+        Ok(Prepared {
+            command,
+            program: argv.first().map(PathBuf::from).unwrap_or_default(),
+            workspace,
+            lease,
+            cgroup,
+            limits,
+            isolation,
+        })
     }
 
     /// The Landlock ruleset for one execution in `workspace`.
@@ -422,67 +603,17 @@ impl Executor for RestrictedExecutor {
     }
 
     async fn execute(&self, request: ExecutionRequest) -> Result<ExecutionResult, Error> {
-        request.validate()?;
-        let limits = request.limits.build_over(&self.limits)?;
-        let workspace = Workspace::create(&self.temp_dir, &request.files)?;
-        let argv = self.argv(&request.program, &workspace)?;
-        let mut command = self.command(&argv, &request, &workspace)?;
-
-        let lease = match &self.host.uids {
-            Ok(pool) => Some(pool.lease().ok_or_else(|| {
-                Error::unavailable(
-                    BACKEND,
-                    format!("every sandbox uid in {} is in use", pool.describe()),
-                )
-            })?),
-            Err(_) => None,
-        };
-        let identity = lease.as_ref().map(|lease| lease.identity());
-        if let Some(identity) = identity {
-            workspace.grant(identity.uid, identity.gid)?;
-        }
-        let cgroup = self.cgroup(&limits);
-        let in_force = self.in_force(
-            &limits,
-            cgroup.is_some(),
-            identity.map(|i| SandboxUid::One(i.uid)),
-        );
-        let isolation = report::build(&self.host, &limits, in_force);
-        self.check_required(&isolation)?;
-        let cgroup_procs = match &cgroup {
-            Some(cgroup) => cgroup
-                .procs_files()
-                .map_err(|e| Error::io("opening the execution's cgroup", e))?,
-            None => Vec::new(),
-        };
-        sys::apply_before_exec(
-            &mut command,
-            ChildSetup {
-                cgroup_procs,
-                namespaces: self
-                    .host
-                    .namespaces_for(limits.network == NetworkMode::None),
-                identity,
-                parent: std::process::id() as libc::pid_t,
-                rlimits: self.rlimits(&limits, &in_force),
-                landlock: self.landlock(&workspace, &limits)?,
-                seccomp: match &self.host.seccomp {
-                    Ok(programs) if limits.network == NetworkMode::None => programs.to_vec(),
-                    Ok(_) => Vec::new(),
-                    Err(_) => Vec::new(),
-                },
-            },
-        );
-
+        let prepared = self.prepare(&request, Purpose::Execution)?;
         let started = Instant::now();
-        let mut child = command.spawn().map_err(|e| spawn_error(&argv[0], e))?;
-        drop(command);
-        let pid = i32::try_from(child.id())
-            .map_err(|e| Error::backend(BACKEND, "the child's pid is out of range", e))?;
-        let tree = ProcessTree {
+        let Started {
+            mut child,
             pid,
-            cgroup: cgroup.map(Arc::new),
-        };
+            tree,
+            workspace,
+            lease,
+            limits,
+            isolation,
+        } = prepared.start()?;
 
         let stdout =
             tokio::process::ChildStdout::from_std(child.stdout.take().ok_or_else(missing_pipe)?)
@@ -569,10 +700,64 @@ impl Executor for RestrictedExecutor {
         drop(lease);
         Ok(result)
     }
+
+    /// Opens a session: one hardened Python process, isolated exactly as a
+    /// one-shot execution (workspace, cgroup, uid, namespaces, Landlock,
+    /// seccomp, rlimits, environment) and held for the session's life. Its
+    /// stdin and stdout carry the session protocol; see [`Session`].
+    ///
+    /// Give a cell its time with [`Cell::timeout`](sandbox_core::Cell::timeout):
+    /// the server interrupts it and the session lives on. Dropping a call's
+    /// future before it finishes (under `tokio::time::timeout`, say) leaves
+    /// the protocol out of step, so the session's process is killed and the
+    /// session is lost.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use sandbox_core::{Cell, Executor, SessionOptions};
+    /// use sandbox_restricted::RestrictedExecutor;
+    ///
+    /// # async fn demo() -> Result<(), sandbox_core::Error> {
+    /// let executor = RestrictedExecutor::new()?;
+    /// let session = executor
+    ///     .open_session(SessionOptions::default().lifetime(Duration::from_secs(600)))
+    ///     .await?;
+    /// session.put_file("data/context.txt", b"a long context".to_vec()).await?;
+    /// session.run("context = open('data/context.txt').read()".into()).await?;
+    /// let result = session
+    ///     .run(Cell::new("print(len(context))").timeout(Duration::from_secs(5)))
+    ///     .await?;
+    /// assert_eq!(result.stdout_text(), "14\n");
+    /// session.close().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    async fn open_session(&self, options: SessionOptions) -> Result<Box<dyn Session>, Error> {
+        if options.lifetime.is_zero() || options.lifetime > MAX_LIFETIME {
+            return Err(Error::InvalidLimit {
+                name: "lifetime",
+                reason: format!(
+                    "{:?} is out of range; give a lifetime from 1ms to {} days",
+                    options.lifetime,
+                    MAX_LIFETIME.as_secs() / 86_400
+                ),
+            });
+        }
+        let mut request = ExecutionRequest::python(REPL_SOURCE).limits(options.limits);
+        request.env = options.env;
+        let purpose = Purpose::Session {
+            lifetime: options.lifetime,
+        };
+        let prepared = self.prepare(&request, purpose)?;
+        // The process must outlive the thread that opens the session.
+        let started = on_spawner_thread(move || prepared.start()).await?;
+        let session = RestrictedSession::start(started, options.lifetime).await?;
+        Ok(Box::new(session))
+    }
 }
 
 /// How a program that the sandbox did not stop ended.
-fn natural_status(reaped: &Reaped, oom_killed: bool) -> Status {
+pub(crate) fn natural_status(reaped: &Reaped, oom_killed: bool) -> Status {
     match reaped.signal() {
         None => Status::Exited,
         Some(libc::SIGKILL) if oom_killed => Status::OomKilled,
@@ -581,69 +766,7 @@ fn natural_status(reaped: &Reaped, oom_killed: bool) -> Status {
     }
 }
 
-/// Every process of one execution: the child's process group and, when
-/// there is one, its cgroup. Dropping it kills them all.
-#[derive(Debug)]
-struct ProcessTree {
-    pid: i32,
-    cgroup: Option<Arc<Cgroup>>,
-}
-
-impl ProcessTree {
-    /// Kills the process group and every cgroup member.
-    async fn kill(&self) {
-        self.kill_group();
-        if let Some(cgroup) = self.cgroup.clone() {
-            // Listing and killing members may take a few rounds: keep it off the runtime.
-            let _ = tokio::task::spawn_blocking(move || cgroup.kill_all()).await;
-        }
-    }
-
-    fn kill_group(&self) {
-        // The group may be gone already: nothing to do then.
-        let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
-    }
-
-    /// Removes the cgroup, returning whether the OOM killer struck and the peak memory.
-    async fn finish(mut self) -> (bool, Option<u64>) {
-        let Some(cgroup) = self.cgroup.take() else {
-            return (false, None);
-        };
-        let facts = (cgroup.oom_killed(), cgroup.peak_memory());
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Ok(cgroup) = Arc::try_unwrap(cgroup) {
-                cgroup.remove();
-            }
-        })
-        .await;
-        facts
-    }
-}
-
-impl Drop for ProcessTree {
-    fn drop(&mut self) {
-        // Reached with a live tree only when the caller dropped the future or an
-        // error cut the run short; the cgroup's own drop kills its members.
-        self.kill_group();
-    }
-}
-
-/// A task aborted when its handle is dropped, so a cancelled run stops its helpers.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl AbortOnDrop {
-    async fn join(mut self) {
-        let _ = (&mut self.0).await;
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-fn missing_pipe() -> Error {
+pub(crate) fn missing_pipe() -> Error {
     Error::backend(
         BACKEND,
         "a pipe to the child is missing",

@@ -6,6 +6,9 @@
 //! timeout that kills the whole process tree. Its
 //! [`isolation`](sandbox_core::Executor::isolation) report says exactly which
 //! protections are in force on the machine at hand.
+//!
+//! Its [sessions](sandbox_core::Executor::open_session) keep one such
+//! process per session, isolated alike, running the shared session server.
 
 mod cgroup;
 mod executor;
@@ -13,8 +16,10 @@ mod host;
 mod identity;
 mod landlock;
 mod output;
+mod process;
 mod report;
 mod seccomp;
+mod session;
 mod sys;
 mod workspace;
 

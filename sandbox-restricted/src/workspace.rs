@@ -18,7 +18,9 @@ use sandbox_core::{Error, InputFile};
 /// ```
 #[derive(Debug)]
 pub(crate) struct Workspace {
-    root: tempfile::TempDir,
+    path: PathBuf,
+    /// `None` once removed.
+    root: Option<tempfile::TempDir>,
 }
 
 impl Workspace {
@@ -36,7 +38,10 @@ impl Workspace {
                     e,
                 )
             })?;
-        let workspace = Workspace { root };
+        let workspace = Workspace {
+            path: root.path().to_path_buf(),
+            root: Some(root),
+        };
         for dir in [
             workspace.work_dir(),
             workspace.tmp_dir(),
@@ -75,7 +80,7 @@ impl Workspace {
     /// (the program directory stays root's and read-only).
     pub fn grant(&self, uid: u32, gid: u32) -> Result<(), Error> {
         let grant = || -> std::io::Result<()> {
-            fs::set_permissions(self.root.path(), fs::Permissions::from_mode(0o711))?;
+            fs::set_permissions(&self.path, fs::Permissions::from_mode(0o711))?;
             for dir in [self.work_dir(), self.tmp_dir()] {
                 std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
                 for entry in walk(&dir)? {
@@ -89,7 +94,7 @@ impl Workspace {
 
     /// The working directory (also HOME).
     pub fn work_dir(&self) -> PathBuf {
-        self.root.path().join("work")
+        self.path.join("work")
     }
 
     /// The Python program's directory, read-only.
@@ -99,21 +104,35 @@ impl Workspace {
 
     /// The scratch directory (TMPDIR).
     pub fn tmp_dir(&self) -> PathBuf {
-        self.root.path().join("tmp")
+        self.path.join("tmp")
     }
 
     fn program_dir(&self) -> PathBuf {
-        self.root.path().join("program")
+        self.path.join("program")
     }
 
     /// Removes the tree now, reporting failure; dropping also removes it, silently.
-    pub fn remove(self) -> Result<(), Error> {
-        let path = self.root.path().to_path_buf();
-        // The program directory is read-only; make it writable so its file can go.
+    pub fn remove(mut self) -> Result<(), Error> {
+        let Some(root) = self.take_root() else {
+            return Ok(());
+        };
+        root.close()
+            .map_err(|e| Error::io(format!("removing {}", self.path.display()), e))
+    }
+
+    /// The tree's handle, with the program directory made writable again so
+    /// that its file can go even for a caller that is not root.
+    fn take_root(&mut self) -> Option<tempfile::TempDir> {
+        let root = self.root.take()?;
         let _ = fs::set_permissions(self.program_dir(), fs::Permissions::from_mode(0o755));
-        self.root
-            .close()
-            .map_err(|e| Error::io(format!("removing {}", path.display()), e))
+        Some(root)
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        // The handle's own drop removes the tree, silently.
+        drop(self.take_root());
     }
 }
 

@@ -17,8 +17,11 @@ import traceback
 
 _proto_in = os.fdopen(os.dup(0), "rb", buffering=0)
 _proto_out = os.fdopen(os.dup(1), "wb")
-_null = os.open(os.devnull, os.O_RDONLY)
+_null = os.open(os.devnull, os.O_RDWR)
 os.dup2(_null, 0)
+# Between cells, fd 1 leads nowhere: a thread a cell left behind may print
+# without touching the protocol stream.
+os.dup2(_null, 1)
 os.close(_null)
 _scratch = os.environ.get("TMPDIR") or "/tmp"
 _namespace = {"__name__": "__main__", "__builtins__": __builtins__}
@@ -137,8 +140,8 @@ def _put(request):
                 part = _proto_in.read(min(size, _CHUNK))
                 if not part:
                     raise EOFError
-                f.write(part)
                 size -= len(part)
+                f.write(part)
         _write_frame({"ok": True, "size": int(request["size"])})
     except EOFError:
         raise
@@ -154,14 +157,15 @@ def _put(request):
 def _get(request):
     try:
         path = request["path"]
-        size = os.path.getsize(path)
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             _write_frame({"ok": True, "size": size})
-            while True:
-                part = f.read(_CHUNK)
-                if not part:
-                    break
+            # Exactly the size announced, even if the file changes meanwhile.
+            left = size
+            while left:
+                part = f.read(min(left, _CHUNK)) or b"\0" * min(left, _CHUNK)
                 _proto_out.write(part)
+                left -= len(part)
             _proto_out.flush()
     except BaseException as error:
         _write_frame({"ok": False, "error": "%s: %s" % (type(error).__name__, error)})
