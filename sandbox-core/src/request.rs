@@ -177,6 +177,12 @@ impl ExecutionRequest {
                     "a command argument holds a NUL byte",
                 ));
             }
+            Program::Python(source) | Program::Shell(source) if source.contains('\0') => {
+                return Err(Error::invalid_request(format!(
+                    "the {} source holds a NUL byte, which interpreters read as its end; remove it",
+                    self.program.kind()
+                )));
+            }
             _ => {}
         }
         for (name, value) in &self.env {
@@ -233,6 +239,15 @@ mod tests {
                 .validate()
                 .is_ok()
         );
+        for source in [
+            ExecutionRequest::python("print(1)\0print(2)"),
+            ExecutionRequest::shell("echo\0"),
+        ] {
+            assert!(matches!(
+                source.validate(),
+                Err(Error::InvalidRequest { .. })
+            ));
+        }
     }
 
     #[test]
