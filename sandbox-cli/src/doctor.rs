@@ -64,7 +64,11 @@ impl BackendDiagnosis {
 pub async fn diagnose() -> Diagnosis {
     let docker = BackendDiagnosis::from_build(
         sandbox_docker::BACKEND,
-        DockerExecutor::builder().auto_build(false).build().await,
+        DockerExecutor::builder()
+            .auto_build(false)
+            .pool_size(0)
+            .build()
+            .await,
     );
     let restricted =
         BackendDiagnosis::from_build(sandbox_restricted::BACKEND, RestrictedExecutor::new());

@@ -266,8 +266,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Err(error) => return fail(&error.to_string()),
     };
     let options = ServeOptions::default().shutdown_grace(grace);
+    let executor: std::sync::Arc<dyn Executor> = std::sync::Arc::from(executor);
     let served = sandbox_cli::serve::serve(
-        std::sync::Arc::from(executor),
+        executor.clone(),
         tokio::io::stdin(),
         tokio::io::stdout(),
         sandbox_cli::serve::termination(),
@@ -281,6 +282,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
             i32::from(SANDBOX_FAILED)
         }
     };
+    if let Err(error) = executor.shutdown().await {
+        eprintln!("rlmkit-sandbox: {error}");
+    }
     // Every response is written and every session closed. Exit now rather
     // than wait for the runtime to join a stdin read still blocked after a
     // signal.
@@ -308,7 +312,8 @@ async fn run(args: RunArgs) -> ExitCode {
 }
 
 async fn try_run(args: RunArgs) -> Result<ExecutionResult, Error> {
-    let selector = args.executor.selector()?;
+    // One run: no warm containers to start and remove.
+    let selector = args.executor.selector()?.pool_size(0);
     let request = request(&args)?;
     let executor = select(selector).await?;
     executor.execute(request).await

@@ -67,6 +67,7 @@ pub struct Selector {
     limits: Limits,
     image: Option<String>,
     runtime: Option<String>,
+    pool_size: Option<usize>,
 }
 
 impl Selector {
@@ -93,6 +94,13 @@ impl Selector {
     /// The Docker runtime, e.g. `runsc` (default: the daemon's).
     pub fn runtime(mut self, runtime: impl Into<String>) -> Self {
         self.runtime = Some(runtime.into());
+        self
+    }
+
+    /// How many Docker containers to keep warm (default: the backend's;
+    /// 0 for a process that runs once).
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = Some(size);
         self
     }
 
@@ -139,6 +147,9 @@ impl Selector {
         }
         if let Some(runtime) = &self.runtime {
             builder = builder.runtime(runtime);
+        }
+        if let Some(size) = self.pool_size {
+            builder = builder.pool_size(size);
         }
         Ok(Box::new(builder.build().await?))
     }

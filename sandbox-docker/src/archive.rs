@@ -34,8 +34,76 @@ pub(crate) struct Workspace {
     pub argv: Vec<String>,
 }
 
-/// Lays out `program` and `files`.
+/// Where the program and input files go, relative to [`WORK_DIR`]: what
+/// both the archive of a cold container and the launcher of a pooled one
+/// lay out (root-owned, files 0444, directories 0555).
+#[derive(Debug)]
+pub(crate) struct Layout<'a> {
+    /// The command line to run.
+    pub argv: Vec<String>,
+    /// The program's file (under [`PROGRAM_DIR`]), if it has one.
+    pub program: Option<(String, &'a [u8])>,
+    /// The directories of input files, parents before children.
+    pub dirs: Vec<String>,
+    /// The input files, each path once (the last of duplicates wins).
+    pub files: Vec<(String, &'a [u8])>,
+}
+
+impl Layout<'_> {
+    /// Every directory to create, [`PROGRAM_DIR`] first when there is a program file.
+    pub fn all_dirs(&self) -> impl Iterator<Item = &str> {
+        self.program
+            .as_ref()
+            .map(|_| PROGRAM_DIR)
+            .into_iter()
+            .chain(self.dirs.iter().map(String::as_str))
+    }
+
+    /// Every file to write, the program's first.
+    pub fn all_files(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.program
+            .iter()
+            .chain(self.files.iter())
+            .map(|(path, contents)| (path.as_str(), *contents))
+    }
+}
+
+/// Lays out `program` and `files` and archives them.
 pub(crate) fn build(program: &Program, files: &[InputFile]) -> Result<Workspace, Error> {
+    let layout = layout(program, files)?;
+    if layout.program.is_none() && layout.files.is_empty() {
+        return Ok(Workspace {
+            tar: None,
+            argv: layout.argv,
+        });
+    }
+    let mtime = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut tar = TarWriter::new(mtime);
+    if let Some((path, source)) = &layout.program {
+        tar.dir(PROGRAM_DIR)?;
+        tar.file(path, source)?;
+    }
+    for dir in &layout.dirs {
+        tar.dir(dir)?;
+    }
+    for (path, contents) in &layout.files {
+        tar.file(path, contents)?;
+    }
+    Ok(Workspace {
+        tar: Some(tar.finish()?),
+        argv: layout.argv,
+    })
+}
+
+/// Where `program` and `files` go, checked: paths stay inside the working
+/// directory, avoid [`PROGRAM_DIR`] and do not clash with each other's directories.
+pub(crate) fn layout<'a>(
+    program: &'a Program,
+    files: &'a [InputFile],
+) -> Result<Layout<'a>, Error> {
     let (source, argv) = match program {
         Program::Python(source) => (
             Some(("main.py", source)),
@@ -82,28 +150,15 @@ pub(crate) fn build(program: &Program, files: &[InputFile]) -> Result<Workspace,
             clash.join("/")
         )));
     }
-    if source.is_none() && entries.is_empty() {
-        return Ok(Workspace { tar: None, argv });
-    }
-
-    let mtime = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut tar = TarWriter::new(mtime);
-    if let Some((name, source)) = source {
-        tar.dir(PROGRAM_DIR)?;
-        tar.file(&format!("{PROGRAM_DIR}/{name}"), source.as_bytes())?;
-    }
-    for dir in &dirs {
-        tar.dir(&dir.join("/"))?;
-    }
-    for (parts, contents) in &entries {
-        tar.file(&parts.join("/"), contents)?;
-    }
-    Ok(Workspace {
-        tar: Some(tar.finish()?),
+    Ok(Layout {
         argv,
+        program: source.map(|(name, source)| (format!("{PROGRAM_DIR}/{name}"), source.as_bytes())),
+        // A BTreeSet of paths lists every parent before its children.
+        dirs: dirs.iter().map(|dir| dir.join("/")).collect(),
+        files: entries
+            .into_iter()
+            .map(|(parts, contents)| (parts.join("/"), contents))
+            .collect(),
     })
 }
 

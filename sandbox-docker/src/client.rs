@@ -311,12 +311,15 @@ impl Client {
         }
     }
 
-    /// Waits until the container is not running. bollard reports a non-zero
-    /// exit as an error: that is an exit too, read by [`Client::exit_state`].
-    pub async fn wait(&self, name: &str) -> Result<(), Error> {
+    /// Waits until the container is not running and returns the exit code
+    /// the daemon reports, if any (bollard reports a non-zero exit as an
+    /// error: that is an exit too). [`Client::exit_state`] tells an OOM kill.
+    pub async fn wait(&self, name: &str) -> Result<Option<i64>, Error> {
         let mut stream = self.docker.wait_container(name, None);
         match stream.next().await {
-            Some(Ok(_)) | Some(Err(DockerError::DockerContainerWaitError { .. })) | None => Ok(()),
+            Some(Ok(response)) => Ok(Some(response.status_code)),
+            Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Ok(Some(code)),
+            None => Ok(None),
             Some(Err(error)) => Err(failed("waiting for the container to stop", error)),
         }
     }
@@ -354,6 +357,62 @@ impl Client {
                 error,
             )),
         }
+    }
+
+    /// Runs `argv` as `user` in the running container `name` and returns at
+    /// most `limit` bytes of its stdout, within `timeout` (then whatever
+    /// came). For rare recoveries only, never per request.
+    pub async fn exec_output(
+        &self,
+        name: &str,
+        argv: &[&str],
+        user: &str,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, Error> {
+        use bollard::exec::StartExecResults;
+        use bollard::models::ExecConfig;
+
+        let config = ExecConfig {
+            attach_stdout: Some(true),
+            attach_stderr: Some(false),
+            cmd: Some(argv.iter().map(|a| (*a).to_owned()).collect()),
+            user: Some(user.to_owned()),
+            ..ExecConfig::default()
+        };
+        let run = async {
+            let created = self
+                .docker
+                .create_exec(name, config)
+                .await
+                .map_err(|e| failed("starting a command in the container", e))?;
+            let started = self
+                .docker
+                .start_exec(&created.id, None)
+                .await
+                .map_err(|e| failed("starting a command in the container", e))?;
+            let mut kept = Vec::new();
+            if let StartExecResults::Attached { mut output, .. } = started {
+                while let Some(Ok(item)) = output.next().await {
+                    if let Some(Chunk::Stdout(bytes)) = Chunk::from_log(item) {
+                        let room = limit.saturating_sub(kept.len());
+                        kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                        if kept.len() >= limit {
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(kept)
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::unavailable(
+                    BACKEND,
+                    format!("a command in the container did not finish within {timeout:?}"),
+                ))
+            })
     }
 
     /// Every container (running or not) carrying the label `label`.

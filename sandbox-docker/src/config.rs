@@ -33,7 +33,14 @@ pub struct DockerExecutorBuilder {
     auto_build: bool,
     host: Option<String>,
     labels: HashMap<String, String>,
+    pool_size: usize,
 }
+
+/// How many containers an executor keeps ready unless told otherwise.
+pub const DEFAULT_POOL_SIZE: usize = 2;
+
+/// The largest warm pool an executor may keep.
+pub const MAX_POOL_SIZE: usize = 64;
 
 impl Default for DockerExecutorBuilder {
     fn default() -> Self {
@@ -44,6 +51,7 @@ impl Default for DockerExecutorBuilder {
             auto_build: true,
             host: None,
             labels: HashMap::new(),
+            pool_size: DEFAULT_POOL_SIZE,
         }
     }
 }
@@ -92,11 +100,31 @@ impl DockerExecutorBuilder {
         self
     }
 
+    /// How many containers to keep created, attached and started ahead of
+    /// time (default [`DEFAULT_POOL_SIZE`]; 0 disables the pool). Each serves
+    /// one execution whose container limits (memory, CPUs, processes,
+    /// scratch, network) are the executor's, then is removed; a background
+    /// task refills the pool. A one-shot tool that runs a single request
+    /// should pass 0: the pool would only start containers nobody uses.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), sandbox_core::Error> {
+    /// let cold_only = sandbox_docker::DockerExecutor::builder().pool_size(0).build().await?;
+    /// assert_eq!(cold_only.pool_size(), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
     /// Connects to the daemon and checks that it can run sandboxes.
     ///
     /// Pings the daemon (at most [`PING_TIMEOUT`](crate::PING_TIMEOUT)),
     /// agrees on an API version once, checks the runtime and that the image
-    /// exists (building it when allowed).
+    /// exists (building it when allowed), then starts filling the warm pool
+    /// in the background.
     ///
     /// # Errors
     ///
@@ -104,11 +132,18 @@ impl DockerExecutorBuilder {
     ///   missing and cannot be built (the message names `docker/build-image.sh`).
     /// - [`Error::Configuration`]: an image other than the sandbox image is missing.
     /// - [`Error::ProtectionUnavailable`]: the daemon does not know the runtime.
-    /// - [`Error::InvalidLimit`], [`Error::InvalidRequest`]: bad limits or labels.
+    /// - [`Error::InvalidLimit`], [`Error::InvalidRequest`]: bad limits or
+    ///   labels, or a pool over [`MAX_POOL_SIZE`].
     /// - [`Error::Unsupported`]: a daemon address this build cannot use.
     pub async fn build(self) -> Result<DockerExecutor, Error> {
         let limits = self.limits.unwrap_or_default();
         limits.validate()?;
+        if self.pool_size > MAX_POOL_SIZE {
+            return Err(Error::invalid_request(format!(
+                "a warm pool of {} containers is too large; keep at most {MAX_POOL_SIZE} (each is a running container), or 0 for none",
+                self.pool_size
+            )));
+        }
         if let Some(key) = self.labels.keys().find(|k| k.starts_with(LABEL)) {
             return Err(Error::invalid_request(format!(
                 "the label {key:?} is reserved for the executor; choose a key outside {LABEL}.*"
@@ -145,6 +180,7 @@ impl DockerExecutorBuilder {
             limits,
             facts,
             labels,
+            self.pool_size,
         ))
     }
 }
@@ -165,6 +201,14 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(error, Error::InvalidRequest { .. }), "{error:?}");
+
+        let error = DockerExecutor::builder()
+            .host(NOWHERE)
+            .pool_size(MAX_POOL_SIZE + 1)
+            .build()
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("pool"), "{error:?}");
 
         let mut limits = Limits::default();
         limits.memory_bytes = 0;

@@ -15,6 +15,11 @@ pub const LABEL_HOST: &str = "rlmkit.sandbox.host";
 pub const LABEL_BOOT: &str = "rlmkit.sandbox.boot";
 /// The version of this crate that created the container.
 pub const LABEL_VERSION: &str = "rlmkit.sandbox.version";
+/// Marks a container of an executor's warm pool (value `1`): created and
+/// started ahead of time, used by exactly one execution, then removed.
+pub const LABEL_POOL: &str = "rlmkit.sandbox.pool";
+/// Marks the container of a session (value: the session's id).
+pub const LABEL_SESSION: &str = "rlmkit.sandbox.session";
 
 /// This process, as the labels name it.
 #[derive(Debug, Clone, PartialEq, Eq)]

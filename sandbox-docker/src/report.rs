@@ -8,11 +8,14 @@ use crate::BACKEND;
 use crate::client::DaemonFacts;
 use crate::spec::{MAX_OPEN_FILES, SCRATCH_DIR, SHM_BYTES, USER, granted_cpus};
 
-/// The report for containers run with `limits` (and `runtime`, if any) on a daemon with `facts`.
+/// The report for containers run with `limits` (and `runtime`, if any) on
+/// a daemon with `facts`; `pooled` when the executor keeps a warm pool, so
+/// a request may run in a container started ahead of time.
 pub(crate) fn build(
     facts: &DaemonFacts,
     limits: &Limits,
     runtime: Option<&str>,
+    pooled: bool,
 ) -> IsolationReport {
     use ProtectionState::{Enforced, NotEnforced, Partial};
 
@@ -73,10 +76,15 @@ pub(crate) fn build(
         ),
     );
     match limits.network {
-        NetworkMode::None => report.set(
+        NetworkMode::None if gvisor => report.set(
             Protection::Network,
             Enforced,
-            "network mode none, networking disabled: a loopback interface only",
+            "network mode none, networking disabled: a loopback interface only; gVisor offers no AF_VSOCK",
+        ),
+        NetworkMode::None => report.set(
+            Protection::Network,
+            Partial,
+            "network mode none, networking disabled: a loopback interface only; but Docker's default seccomp profile lets code create AF_VSOCK sockets, which reach the host's vsock services where it has them (virtual machines); --runtime runsc closes that",
         ),
         _ => report.set(
             Protection::Network,
@@ -141,7 +149,83 @@ pub(crate) fn build(
         Partial,
         "the container and its volume are force-removed at the end and on errors; when the caller drops the run, or the removal fails, a cleanup thread removes them (retrying for about 30 s); if this process dies mid-run, the container runs until its program ends and stays until `gc` (labels rlmkit.sandbox and rlmkit.sandbox.owner) removes it",
     );
+    if pooled {
+        describe_pool(&mut report);
+    }
     report
+}
+
+/// The report for a session's container: the same container as a
+/// one-shot execution's, with the session's per-cell timeout and output
+/// cap, its lifetime and its files described.
+pub(crate) fn session(
+    facts: &DaemonFacts,
+    limits: &Limits,
+    runtime: Option<&str>,
+    lifetime: std::time::Duration,
+) -> IsolationReport {
+    use ProtectionState::{Enforced, Partial};
+
+    let mut report = build(facts, limits, runtime, false);
+    report.set(
+        Protection::Timeout,
+        Enforced,
+        format!(
+            "per cell ({:?} unless the cell says otherwise): the session server interrupts the cell (an exception in it) and the session lives on; a cell that does not stop within {:?} more has its container killed and the session is lost; the whole session ends after {lifetime:?}",
+            limits.timeout,
+            crate::session::CELL_GRACE
+        ),
+    );
+    report.set(
+        Protection::Output,
+        Enforced,
+        format!(
+            "per cell, {} of stdout and of stderr: the server captures a cell's output in files in {SCRATCH_DIR} (so a flood is bounded by the scratch space) and sends back at most the cap",
+            format_bytes(limits.output_bytes)
+        ),
+    );
+    report.set(
+        Protection::Filesystem,
+        Enforced,
+        format!(
+            "read-only root filesystem; no host path is mounted; the working directory is the scratch space {SCRATCH_DIR}, where put_file writes and the only writable place"
+        ),
+    );
+    report.set(
+        Protection::Cleanup,
+        Partial,
+        format!(
+            "one container per session, removed with its volume by close, by dropping the session, when the session is lost and at the end of its lifetime ({lifetime:?}); if this process dies, its server sees stdin end and exits, and `gc` (labels rlmkit.sandbox and rlmkit.sandbox.session) removes the container"
+        ),
+    );
+    report
+}
+
+/// What differs when a request runs in a container of the warm pool.
+fn describe_pool(report: &mut IsolationReport) {
+    let notes = [
+        (
+            Protection::Timeout,
+            "; in a pooled container the clock starts when the code is handed over",
+        ),
+        (
+            Protection::Filesystem,
+            "; in a pooled container the launcher writes them there (same owner, modes and paths) before the program starts",
+        ),
+        (
+            Protection::User,
+            "; a pooled container (created and started ahead of time, used by one execution only) starts a launcher as root holding only CAP_SETUID, CAP_SETGID and CAP_SETPCAP, which writes the code and input files, empties the capability bounding set and becomes 1000:1000 with no capabilities before the program starts; its docker-init stays root with those three capabilities, out of the program's reach",
+        ),
+        (
+            Protection::Cleanup,
+            "; a used pooled container is removed in the background right after its execution; waiting pooled containers (label rlmkit.sandbox.pool) are removed when the executor is shut down or dropped, and their launcher exits when this process's connection closes, so `gc` removes them after a crash",
+        ),
+    ];
+    for (protection, note) in notes {
+        if let Some(entry) = report.get(protection).cloned() {
+            report.set(protection, entry.state, format!("{}{note}", entry.detail));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -155,7 +239,7 @@ mod tests {
             cpus: Some(2),
             ..DaemonFacts::default()
         };
-        let report = build(&facts, &Limits::default(), None);
+        let report = build(&facts, &Limits::default(), None, false);
         for protection in [
             Protection::Timeout,
             Protection::Memory,
@@ -173,7 +257,18 @@ mod tests {
         ] {
             assert!(report.get(protection).is_some(), "{protection:?}");
         }
-        assert!(report.is_enforced(Protection::Network));
+        // No IP network, but runc leaves AF_VSOCK open: partial, and said.
+        assert_eq!(
+            report.state(Protection::Network),
+            Some(ProtectionState::Partial)
+        );
+        assert!(
+            report
+                .get(Protection::Network)
+                .unwrap()
+                .detail
+                .contains("AF_VSOCK")
+        );
         assert!(report.is_enforced(Protection::Syscalls));
 
         let bridge = Limits::builder()
@@ -181,7 +276,7 @@ mod tests {
             .build()
             .unwrap();
         let no_seccomp = DaemonFacts::default();
-        let report = build(&no_seccomp, &bridge, None);
+        let report = build(&no_seccomp, &bridge, None, false);
         assert_eq!(
             report.state(Protection::Network),
             Some(ProtectionState::NotEnforced)
@@ -190,5 +285,10 @@ mod tests {
             report.state(Protection::Syscalls),
             Some(ProtectionState::NotEnforced)
         );
+
+        let pooled = build(&facts, &Limits::default(), None, true);
+        let user = pooled.get(Protection::User).unwrap();
+        assert_eq!(user.state, ProtectionState::Enforced);
+        assert!(user.detail.contains("CAP_SETPCAP"), "{}", user.detail);
     }
 }

@@ -32,9 +32,34 @@ const BASE_ENV: [(&str, &str); 8] = [
     ("MKL_NUM_THREADS", "1"),
 ];
 
+/// How the container's first process gets its program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// The program is the container's command and runs as [`USER`] from
+    /// the start; code and input files are uploaded before the start.
+    Cold,
+    /// The command is the pool's launcher (see `launcher.rs`): it starts as
+    /// root holding only [`LAUNCHER_CAPS`], waits for the program on stdin,
+    /// writes the code and input files (root-owned, read-only), empties the
+    /// capability bounding set, becomes [`USER`] and execs the program.
+    Pooled,
+    /// The command is a session's server, run as [`USER`] with the scratch
+    /// space [`SCRATCH_DIR`] as its working directory (where `put_file`
+    /// writes), talking over the attached stdin and stdout.
+    Session,
+}
+
+/// The only capabilities a pooled container's launcher holds, to write the
+/// code as root and then drop to [`USER`] (all are gone before the program runs).
+pub(crate) const LAUNCHER_CAPS: [&str; 3] = ["SETUID", "SETGID", "SETPCAP"];
+
+/// The user a pooled container's launcher starts as.
+const LAUNCHER_USER: &str = "0:0";
+
 /// Everything the container body is made from.
 #[derive(Debug)]
 pub(crate) struct Spec<'a> {
+    pub mode: Mode,
     pub image: &'a str,
     pub runtime: Option<&'a str>,
     pub limits: &'a Limits,
@@ -96,6 +121,8 @@ impl Spec<'_> {
             )])),
             shm_size: Some(SHM_BYTES),
             cap_drop: Some(vec!["ALL".to_owned()]),
+            cap_add: (self.mode == Mode::Pooled)
+                .then(|| LAUNCHER_CAPS.iter().map(|c| (*c).to_owned()).collect()),
             security_opt: Some(vec!["no-new-privileges".to_owned()]),
             ulimits: Some(vec![
                 ulimit("nofile", MAX_OPEN_FILES),
@@ -116,8 +143,20 @@ impl Spec<'_> {
             image: Some(self.image.to_owned()),
             entrypoint: Some(entrypoint),
             cmd: Some(cmd),
-            user: Some(USER.to_owned()),
-            working_dir: Some(WORK_DIR.to_owned()),
+            user: Some(
+                match self.mode {
+                    Mode::Cold | Mode::Session => USER,
+                    Mode::Pooled => LAUNCHER_USER,
+                }
+                .to_owned(),
+            ),
+            working_dir: Some(
+                match self.mode {
+                    Mode::Cold | Mode::Pooled => WORK_DIR,
+                    Mode::Session => SCRATCH_DIR,
+                }
+                .to_owned(),
+            ),
             hostname: Some("sandbox".to_owned()),
             env: Some(env),
             labels: Some(self.labels),
@@ -154,6 +193,7 @@ mod tests {
         let argv = vec!["python3".to_owned(), "/sandbox/.rlmkit/main.py".to_owned()];
         let env = BTreeMap::from([("GREETING".to_owned(), "hi".to_owned())]);
         let body = Spec {
+            mode: Mode::Cold,
             image: "img:1",
             runtime: Some("runsc"),
             limits: &limits,
@@ -192,5 +232,34 @@ mod tests {
         assert_eq!(env.last().map(String::as_str), Some("GREETING=hi"));
         assert_eq!(body.open_stdin, Some(false));
         assert_eq!(body.volumes, Some(vec!["/sandbox".to_owned()]));
+        assert_eq!(host.cap_add, None);
+    }
+
+    #[test]
+    fn a_pooled_body_differs_only_in_its_launcher() {
+        let limits = Limits::default();
+        let env = BTreeMap::new();
+        let argv = vec!["python3".to_owned()];
+        let spec = |mode| Spec {
+            mode,
+            image: "img:1",
+            runtime: None,
+            limits: &limits,
+            daemon_cpus: Some(2),
+            argv: &argv,
+            env: &env,
+            stdin: true,
+            labels: HashMap::new(),
+        };
+        let cold = spec(Mode::Cold).body();
+        let mut pooled = spec(Mode::Pooled).body();
+        assert_eq!(pooled.user.as_deref(), Some("0:0"));
+        let host = pooled.host_config.as_mut().unwrap();
+        assert_eq!(
+            host.cap_add.take().unwrap(),
+            ["SETUID", "SETGID", "SETPCAP"]
+        );
+        pooled.user = cold.user.clone();
+        assert_eq!(pooled, cold);
     }
 }

@@ -96,6 +96,45 @@ impl CgroupRoot {
         }
     }
 
+    /// Kills and removes the execution cgroups whose owner process is gone
+    /// (left by a caller that was killed outright), returning how many.
+    pub fn sweep(&self) -> usize {
+        let version = match self {
+            CgroupRoot::V1 { .. } => Version::V1,
+            CgroupRoot::V2 { .. } => Version::V2,
+        };
+        let mut removed = 0;
+        for parent in self.parent_dirs() {
+            let Ok(entries) = fs::read_dir(parent) else {
+                continue;
+            };
+            for entry in entries.filter_map(Result::ok) {
+                let name = entry.file_name();
+                let Some(owner) = name
+                    .to_str()
+                    .and_then(|n| n.split_once('-'))
+                    .and_then(|(pid, _)| pid.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if owner == std::process::id() || Path::new(&format!("/proc/{owner}")).exists() {
+                    continue;
+                }
+                let dir = entry.path();
+                let stale = Cgroup {
+                    version,
+                    members: dir.clone(),
+                    memory: dir.clone(),
+                    dirs: vec![dir],
+                    removed: false,
+                };
+                stale.remove();
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// Whether CPU quotas can be set.
     pub fn has_cpu(&self) -> bool {
         matches!(

@@ -284,6 +284,12 @@ impl RestrictedExecutorBuilder {
         let limits = self.limits.unwrap_or_default();
         limits.validate()?;
         let host = Host::probe(&self.wanted, self.python.as_deref());
+        let temp_dir = self.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
+        // What callers killed outright left behind goes now.
+        crate::workspace::sweep(&temp_dir);
+        if let Ok(cgroups) = &host.cgroups {
+            cgroups.sweep();
+        }
         if let Err(reason) = &host.uids {
             if self.wanted.drop_privileges && host.uid == 0 && reason.contains("range") {
                 return Err(Error::Configuration {
@@ -294,7 +300,7 @@ impl RestrictedExecutorBuilder {
         }
         let executor = RestrictedExecutor {
             limits,
-            temp_dir: self.temp_dir.unwrap_or_else(std::env::temp_dir),
+            temp_dir,
             shell: self.shell.unwrap_or_else(|| PathBuf::from("/bin/sh")),
             required: self.required,
             host,

@@ -8,6 +8,47 @@ use std::path::{Path, PathBuf};
 
 use sandbox_core::{Error, InputFile};
 
+/// Working directories are named `rlmkit-sandbox-<owner pid>-XXXXXX`.
+const PREFIX: &str = "rlmkit-sandbox-";
+
+/// Removes the working directories in `parent` whose owner process is gone
+/// (left by a caller that was killed outright), returning how many.
+pub(crate) fn sweep(parent: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(owner) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if owner == std::process::id() || Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        let path = entry.path();
+        // Read-only program directories must become writable to be removed.
+        for dir in walk(&path)
+            .unwrap_or_default()
+            .into_iter()
+            .chain([path.clone()])
+        {
+            if dir.is_dir() && !dir.is_symlink() {
+                let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
+            }
+        }
+        if fs::remove_dir_all(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// A fresh directory tree for one execution.
 ///
 /// ```text
@@ -27,7 +68,7 @@ impl Workspace {
     /// Creates the tree under `parent` and writes `files` into `work/`.
     pub fn create(parent: &Path, files: &[InputFile]) -> Result<Workspace, Error> {
         let root = tempfile::Builder::new()
-            .prefix("rlmkit-sandbox-")
+            .prefix(&format!("{PREFIX}{}-", std::process::id()))
             .tempdir_in(parent)
             .map_err(|e| {
                 Error::io(

@@ -5,6 +5,7 @@
 //! executor, and gets one test per case.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod adversarial;
 pub mod conformance;
 pub mod sessions;
 
@@ -55,5 +56,48 @@ macro_rules! session_suite {
             a_cell_that_ignores_interruption_loses_the_session, cell_output_is_capped,
             files_move_in_and_out, the_lifetime_limit_ends_the_session, session_limits_hold
         );
+    };
+}
+
+/// Expands to one test per case of the adversarial battery in [`adversarial`],
+/// each against a fresh [`adversarial::Sandbox`] from `$make(case_name).await`
+/// (an `async fn(&'static str) -> Option<Sandbox>`; `None` skips, after the
+/// maker has printed why). After the case, the sandbox checks that the
+/// executor still works and that nothing was left behind.
+///
+/// `adversarial_suite!(make)` runs every case. To mark a case that finds a
+/// defect in one backend, list every case with the reason after the bad one:
+/// `adversarial_suite!(make; fork_bomb, ..., vsock_sockets = "defect: ...", ...)`;
+/// a test then checks that the list names every case of the battery.
+#[macro_export]
+macro_rules! adversarial_suite {
+    ($make:path) => {
+        $crate::adversarial_suite!($make;
+            fork_bomb, memory_bomb_one_allocation, memory_bomb_slow_growth,
+            disk_fill_of_the_scratch_space, output_flood_on_both_streams, a_million_tiny_lines,
+            a_100_mb_line_without_newline, binary_garbage_on_both_streams, closing_stdout_early,
+            sleep_forever, busy_loop, child_ignoring_sigterm, double_forked_setsid_grandchild,
+            signals_to_the_parent_and_everyone, host_secrets_are_out_of_reach,
+            tcp_to_host_listeners, udp_to_a_host_socket, dns_resolution, raw_sockets,
+            netlink_sockets, vsock_sockets, proc_and_sys_snooping, symlink_and_hardlink_tricks,
+            writing_to_the_code, ten_mb_of_code, fifty_mb_of_stdin,
+            nul_byte_in_source, nul_bytes_in_requests, invalid_utf8_source
+        );
+    };
+    ($make:path; $($case:ident $(= $defect:literal)?),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[ignore = $defect])?
+            async fn $case() {
+                let Some(sandbox) = $make(stringify!($case)).await else { return };
+                $crate::adversarial::$case(sandbox.executor()).await;
+                sandbox.finish().await;
+            }
+        )*
+
+        #[test]
+        fn every_adversarial_case_is_listed() {
+            assert_eq!(&[$(stringify!($case)),*][..], $crate::adversarial::CASES);
+        }
     };
 }
