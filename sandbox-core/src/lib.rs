@@ -36,7 +36,7 @@ pub use error::{BoxError, Error, Result};
 pub use executor::Executor;
 pub use isolation::{IsolationReport, Protection, ProtectionState, ProtectionStatus};
 pub use limits::{Limits, LimitsBuilder, NetworkMode};
-pub use request::{ExecutionRequest, InputFile, Program};
+pub use request::{ExecutionRequest, InputFile, Program, check_relative_path};
 pub use result::{ExecutionResult, ResourceUsage, Status};
 pub use session::{Cell, Session, SessionOptions, SessionState};
 

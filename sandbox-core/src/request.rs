@@ -53,28 +53,41 @@ impl InputFile {
 
     /// Checks that the path is relative, non-empty and stays inside the working directory.
     pub fn validate(&self) -> Result<(), Error> {
-        let path = Path::new(&self.path);
-        let bad = |why: &str| {
-            Error::invalid_request(format!(
-                "input file path {:?} {why}; give a relative path such as \"data/input.txt\"",
-                self.path
-            ))
-        };
-        if self.path.is_empty() || self.path.contains('\0') {
-            return Err(bad("is empty or holds a NUL byte"));
-        }
-        if self.path.len() > 4096 {
-            return Err(bad("is longer than 4096 bytes"));
-        }
-        if !path
-            .components()
-            .all(|component| matches!(component, Component::Normal(_) | Component::CurDir))
-            || path.components().all(|c| c == Component::CurDir)
-        {
-            return Err(bad("is absolute, empty or leaves the working directory"));
-        }
-        Ok(())
+        check_relative_path("input file path", &self.path)
     }
+}
+
+/// Checks that `path` (what the caller calls it: `what`) is relative,
+/// names a file, and never leaves the working directory.
+///
+/// ```
+/// use sandbox_core::check_relative_path;
+/// assert!(check_relative_path("file", "data/in.csv").is_ok());
+/// assert!(check_relative_path("file", "../escape").is_err());
+/// ```
+pub fn check_relative_path(what: &str, path: &str) -> Result<(), Error> {
+    let bad = |why: &str| {
+        Error::invalid_request(format!(
+            "{what} {path:?} {why}; give a path relative to the working directory, such as \"data/input.txt\""
+        ))
+    };
+    if path.is_empty() || path.contains('\0') {
+        return Err(bad("is empty or holds a NUL byte"));
+    }
+    if path.len() > 4096 {
+        return Err(bad("is longer than 4096 bytes"));
+    }
+    let components = Path::new(path).components();
+    if !components
+        .clone()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(bad("is absolute or leaves the working directory"));
+    }
+    if components.clone().all(|c| c == Component::CurDir) {
+        return Err(bad("names no file"));
+    }
+    Ok(())
 }
 
 /// One thing to run, with its input and optional per-request limits.

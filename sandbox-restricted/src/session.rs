@@ -14,7 +14,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
@@ -655,28 +655,7 @@ fn frame(request: &Request<'_>) -> Result<Vec<u8>, Error> {
 /// Checks a path given to `put_file` / `get_file`: relative to the working
 /// directory, and never leaving it.
 fn check_path(path: &str) -> Result<(), Error> {
-    let bad = |why: &str| {
-        Error::invalid_request(format!(
-            "session file path {path:?} {why}; give a path relative to the session's working directory, such as \"data/context.txt\""
-        ))
-    };
-    if path.is_empty() || path.contains('\0') {
-        return Err(bad("is empty or holds a NUL byte"));
-    }
-    if path.len() > 4096 {
-        return Err(bad("is longer than 4096 bytes"));
-    }
-    let components = Path::new(path).components();
-    if !components
-        .clone()
-        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-    {
-        return Err(bad("is absolute or leaves the working directory"));
-    }
-    if components.clone().all(|c| c == Component::CurDir) {
-        return Err(bad("names no file"));
-    }
-    Ok(())
+    sandbox_core::check_relative_path("session file path", path)
 }
 
 /// The I/O error a refused `put` or `get` reports, from the server's
@@ -1080,20 +1059,13 @@ impl Session for RestrictedSession {
         };
         armed.disarm();
         drop(io);
-        let status = match response.status.as_deref() {
-            Some("timed_out") => Status::TimedOut,
-            _ => Status::Exited,
-        };
-        let mut result = ExecutionResult::new(BACKEND, status, self.inner.isolation.clone());
-        result.exit_code = response.exit_code;
-        result.stdout = stdout;
-        result.stdout_truncated = response.stdout_dropped > 0;
-        result.stdout_dropped_bytes = response.stdout_dropped;
-        result.stderr = stderr;
-        result.stderr_truncated = response.stderr_dropped > 0;
-        result.stderr_dropped_bytes = response.stderr_dropped;
-        result.duration = started.elapsed();
-        Ok(result)
+        Ok(response.cell_result(
+            BACKEND,
+            self.inner.isolation.clone(),
+            stdout,
+            stderr,
+            started.elapsed(),
+        ))
     }
 
     async fn put_file(&self, path: &str, contents: Vec<u8>) -> Result<u64, Error> {

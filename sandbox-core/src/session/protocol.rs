@@ -76,6 +76,32 @@ pub struct Response {
 }
 
 impl Response {
+    /// The result of a cell the server answered: its status, exit code and
+    /// output (`stdout` and `stderr` as read after the header).
+    pub fn cell_result(
+        &self,
+        backend: &str,
+        isolation: crate::IsolationReport,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+        duration: std::time::Duration,
+    ) -> crate::ExecutionResult {
+        let status = match self.status.as_deref() {
+            Some("timed_out") => crate::Status::TimedOut,
+            _ => crate::Status::Exited,
+        };
+        let mut result = crate::ExecutionResult::new(backend, status, isolation);
+        result.exit_code = self.exit_code;
+        result.stdout = stdout;
+        result.stdout_truncated = self.stdout_dropped > 0;
+        result.stdout_dropped_bytes = self.stdout_dropped;
+        result.stderr = stderr;
+        result.stderr_truncated = self.stderr_dropped > 0;
+        result.stderr_dropped_bytes = self.stderr_dropped;
+        result.duration = duration;
+        result
+    }
+
     /// Raw bytes that follow this header: a cell's output, or a file for `get`.
     pub fn payload_size(&self, for_get: bool) -> u64 {
         if for_get && self.ok {
