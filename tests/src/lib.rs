@@ -7,6 +7,7 @@
 
 pub mod adversarial;
 pub mod conformance;
+pub mod docker_support;
 pub mod sessions;
 
 /// Expands to one `#[rstest]` test per conformance case, each running the case

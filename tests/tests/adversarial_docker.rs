@@ -10,28 +10,13 @@
 
 use std::collections::HashMap;
 
-use sandbox_core::Error;
 use sandbox_docker::DockerExecutor;
 use sandbox_tests::adversarial::{self, Sandbox};
+use sandbox_tests::docker_support::usable;
 use testcontainers::bollard;
 
 /// The label each case puts on its containers.
 const TEST_LABEL: &str = "rlmkit.test";
-
-fn docker_required() -> bool {
-    std::env::var("RLMKIT_SANDBOX_REQUIRE_DOCKER").is_ok_and(|v| v == "1")
-}
-
-fn usable(built: Result<DockerExecutor, Error>) -> Option<DockerExecutor> {
-    match built {
-        Ok(executor) => Some(executor),
-        Err(error) if error.is_unavailable() && !docker_required() => {
-            eprintln!("skipping: {error} (set RLMKIT_SANDBOX_REQUIRE_DOCKER=1 to fail instead)");
-            None
-        }
-        Err(error) => panic!("the Docker executor did not build: {error:?}"),
-    }
-}
 
 async fn docker(case: &'static str) -> Option<Sandbox> {
     let label = format!("adversarial-{case}");

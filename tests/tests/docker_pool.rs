@@ -14,25 +14,10 @@ use sandbox_core::{
     Status, async_trait,
 };
 use sandbox_docker::{DockerExecutor, DockerExecutorBuilder, SandboxContainer};
+use sandbox_tests::docker_support::usable;
 
 /// The label each test puts on its containers, to find exactly its own.
 const TEST_LABEL: &str = "rlmkit.test";
-
-fn docker_required() -> bool {
-    std::env::var("RLMKIT_SANDBOX_REQUIRE_DOCKER").is_ok_and(|v| v == "1")
-}
-
-/// The builder's result, or `None` (after saying why) when Docker is unavailable here.
-fn usable(built: Result<DockerExecutor, Error>) -> Option<DockerExecutor> {
-    match built {
-        Ok(executor) => Some(executor),
-        Err(error) if error.is_unavailable() && !docker_required() => {
-            eprintln!("skipping: {error} (set RLMKIT_SANDBOX_REQUIRE_DOCKER=1 to fail instead)");
-            None
-        }
-        Err(error) => panic!("the Docker executor did not build: {error:?}"),
-    }
-}
 
 /// Waits until the pool has `ready` containers ready.
 async fn until_ready(executor: &DockerExecutor, ready: usize) {
@@ -84,23 +69,12 @@ impl Executor for Pooled {
 /// current-thread runtime of its own in a scoped thread (the pool lives
 /// on, on the crate's background thread).
 fn pooled() -> Option<Box<dyn Executor>> {
-    let built = std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(async {
-                        let executor = DockerExecutor::builder().pool_size(2).build().await?;
-                        until_ready(&executor, 2).await;
-                        Ok(executor)
-                    })
-            })
-            .join()
-            .unwrap()
-    });
-    usable(built).map(|executor| Box::new(Pooled(executor)) as Box<dyn Executor>)
+    sandbox_tests::docker_support::build_blocking(|| async {
+        let executor = DockerExecutor::builder().pool_size(2).build().await?;
+        until_ready(&executor, 2).await;
+        Ok(executor)
+    })
+    .map(|executor| Box::new(Pooled(executor)) as Box<dyn Executor>)
 }
 
 sandbox_tests::conformance_suite!(pooled);

@@ -13,41 +13,15 @@ use sandbox_core::{
     SessionOptions, SessionState, Status,
 };
 use sandbox_docker::{DockerExecutor, SandboxContainer};
+use sandbox_tests::docker_support::usable;
 
 /// The label each test puts on its containers, to find exactly its own.
 const TEST_LABEL: &str = "rlmkit.test";
 
-fn docker_required() -> bool {
-    std::env::var("RLMKIT_SANDBOX_REQUIRE_DOCKER").is_ok_and(|v| v == "1")
-}
-
-/// The builder's result, or `None` (after saying why) when Docker is unavailable here.
-fn usable(built: Result<DockerExecutor, Error>) -> Option<DockerExecutor> {
-    match built {
-        Ok(executor) => Some(executor),
-        Err(error) if error.is_unavailable() && !docker_required() => {
-            eprintln!("skipping: {error} (set RLMKIT_SANDBOX_REQUIRE_DOCKER=1 to fail instead)");
-            None
-        }
-        Err(error) => panic!("the Docker executor did not build: {error:?}"),
-    }
-}
-
 /// The session suite's maker (sessions need no warm pool).
 fn docker() -> Option<Box<dyn Executor>> {
-    let built = std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(DockerExecutor::builder().pool_size(0).build())
-            })
-            .join()
-            .unwrap()
-    });
-    usable(built).map(|executor| Box::new(executor) as Box<dyn Executor>)
+    sandbox_tests::docker_support::build_blocking(|| DockerExecutor::builder().pool_size(0).build())
+        .map(|executor| Box::new(executor) as Box<dyn Executor>)
 }
 
 sandbox_tests::session_suite!(docker);

@@ -10,12 +10,9 @@ use std::time::{Duration, Instant};
 use sandbox_core::{Error, ExecutionRequest, Executor, Limits, Status};
 use sandbox_docker::DockerExecutor;
 use sandbox_restricted::RestrictedExecutor;
+use sandbox_tests::docker_support::usable;
 
 const TEST_LABEL: &str = "rlmkit.test";
-
-fn docker_required() -> bool {
-    std::env::var("RLMKIT_SANDBOX_REQUIRE_DOCKER").is_ok_and(|v| v == "1")
-}
 
 /// A Docker executor for `test`, or `None` (after saying why) without Docker.
 async fn docker_for(test: &str, host: Option<&str>) -> Option<DockerExecutor> {
@@ -25,14 +22,7 @@ async fn docker_for(test: &str, host: Option<&str>) -> Option<DockerExecutor> {
     if let Some(host) = host {
         builder = builder.host(host);
     }
-    match builder.build().await {
-        Ok(executor) => Some(executor),
-        Err(error) if error.is_unavailable() && !docker_required() => {
-            eprintln!("skipping: {error}");
-            None
-        }
-        Err(error) => panic!("{error:?}"),
-    }
+    usable(builder.build().await)
 }
 
 /// Ids of the containers labelled `rlmkit.test=<test>`, optionally only running ones.
