@@ -73,7 +73,7 @@ pub(crate) struct DaemonFacts {
     pub runtimes: Vec<String>,
     /// The daemon's default runtime.
     pub default_runtime: Option<String>,
-    /// Whether containers get a seccomp profile by default.
+    /// Whether the daemon applies seccomp profiles (so it takes ours).
     pub seccomp: bool,
     /// Whether the daemon remaps users into a user namespace.
     pub userns: bool,
@@ -197,7 +197,7 @@ impl Client {
         Ok(DaemonFacts {
             runtimes,
             default_runtime: info.default_runtime,
-            seccomp: has("seccomp") && !options.iter().any(|o| o.contains("profile=unconfined")),
+            seccomp: has("seccomp"),
             userns: has("userns"),
             rootless: has("rootless"),
             cpus: info

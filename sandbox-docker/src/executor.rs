@@ -24,8 +24,8 @@ use crate::{BACKEND, archive, report};
 ///
 /// Each container has no network (unless the limits ask for `bridge`), a
 /// read-only root filesystem, a tmpfs at `/tmp` as its only writable place,
-/// uid 1000 with every capability dropped and no-new-privileges, Docker's
-/// seccomp profile, cgroup limits on memory (no swap), CPU and processes,
+/// uid 1000 with every capability dropped and no-new-privileges, a seccomp
+/// allowlist of its own ([`seccomp_profile`](crate::seccomp_profile)), cgroup limits on memory (no swap), CPU and processes,
 /// and `docker-init` as PID 1. The code and input files are copied into an
 /// anonymous volume at `/sandbox` (root-owned, read-only), so a remote
 /// daemon works too. Output is capped while it streams; the timeout kills
@@ -108,6 +108,7 @@ impl DockerExecutor {
                 env: &env,
                 stdin: true,
                 labels: pool_labels,
+                seccomp: facts.seccomp,
             }
             .body();
             Arc::new(Pool::start(client.clone(), body, limits.clone(), pool_size))
@@ -286,6 +287,7 @@ impl Executor for DockerExecutor {
                     env: &request.env,
                     stdin: request.stdin.is_some(),
                     labels: self.labels.clone(),
+                    seccomp: self.facts.seccomp,
                 }
                 .body();
                 let job = Job {
@@ -371,6 +373,7 @@ impl Executor for DockerExecutor {
             env: &options.env,
             stdin: true,
             labels,
+            seccomp: self.facts.seccomp,
         }
         .body();
         let isolation = report::session(

@@ -56,6 +56,7 @@ mod output;
 mod owner;
 mod pool;
 mod report;
+mod seccomp;
 mod session;
 mod spec;
 
@@ -69,6 +70,7 @@ pub use owner::{
     LABEL_VERSION,
 };
 pub use pool::PoolStats;
+pub use seccomp::seccomp_profile;
 
 /// The backend's name in results, reports and errors.
 pub const BACKEND: &str = "docker";

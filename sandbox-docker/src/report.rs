@@ -6,6 +6,7 @@ use sandbox_core::{IsolationReport, Limits, NetworkMode, Protection, ProtectionS
 
 use crate::BACKEND;
 use crate::client::DaemonFacts;
+use crate::seccomp::{self, SOCKET_FAMILIES};
 use crate::spec::{MAX_OPEN_FILES, SCRATCH_DIR, SHM_BYTES, USER, granted_cpus};
 
 /// The report for containers run with `limits` (and `runtime`, if any) on
@@ -75,16 +76,28 @@ pub(crate) fn build(
             format_bytes(SHM_BYTES as u64)
         ),
     );
+    let families = SOCKET_FAMILIES
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ");
     match limits.network {
         NetworkMode::None if gvisor => report.set(
             Protection::Network,
             Enforced,
             "network mode none, networking disabled: a loopback interface only; gVisor offers no AF_VSOCK",
         ),
+        NetworkMode::None if facts.seccomp => report.set(
+            Protection::Network,
+            Enforced,
+            format!(
+                "network mode none, networking disabled: a loopback interface only; the seccomp profile allows only the socket families {families}, all confined to the container's network namespace, so AF_VSOCK (which no network namespace covers) is refused"
+            ),
+        ),
         NetworkMode::None => report.set(
             Protection::Network,
             Partial,
-            "network mode none, networking disabled: a loopback interface only; but Docker's default seccomp profile lets code create AF_VSOCK sockets, which reach the host's vsock services where it has them (virtual machines); --runtime runsc closes that",
+            "network mode none, networking disabled: a loopback interface only; but the daemon applies no seccomp profile, so code can create AF_VSOCK sockets, which reach the host's vsock services where it has them (virtual machines); --runtime runsc closes that",
         ),
         _ => report.set(
             Protection::Network,
@@ -133,7 +146,8 @@ pub(crate) fn build(
         (false, true) => (
             Enforced,
             format!(
-                "Docker's default seccomp profile under {runtime_name}; all capabilities dropped; no-new-privileges"
+                "rlmkit's seccomp profile under {runtime_name}: an allowlist of {} system calls (socket families {families} only; no namespaces, mounts, ptrace, BPF, perf, io_uring or keyrings); all capabilities dropped; no-new-privileges",
+                seccomp::allowed_count()
             ),
         ),
         (false, false) => (
@@ -257,7 +271,20 @@ mod tests {
         ] {
             assert!(report.get(protection).is_some(), "{protection:?}");
         }
-        // No IP network, but runc leaves AF_VSOCK open: partial, and said.
+        // No IP network, and the profile refuses AF_VSOCK.
+        assert!(report.is_enforced(Protection::Network));
+        assert!(
+            report
+                .get(Protection::Network)
+                .unwrap()
+                .detail
+                .contains("AF_VSOCK")
+        );
+        assert!(report.is_enforced(Protection::Syscalls));
+
+        // Without seccomp at the daemon, AF_VSOCK stays open: partial, and said.
+        let no_seccomp = DaemonFacts::default();
+        let report = build(&no_seccomp, &Limits::default(), None, false);
         assert_eq!(
             report.state(Protection::Network),
             Some(ProtectionState::Partial)
@@ -269,7 +296,6 @@ mod tests {
                 .detail
                 .contains("AF_VSOCK")
         );
-        assert!(report.is_enforced(Protection::Syscalls));
 
         let bridge = Limits::builder()
             .network(NetworkMode::Bridge)

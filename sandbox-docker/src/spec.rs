@@ -7,6 +7,7 @@ use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, Reso
 use sandbox_core::{Limits, NetworkMode};
 
 use crate::archive::WORK_DIR;
+use crate::seccomp::seccomp_profile;
 
 /// The user sandboxed code runs as (the image's `sandbox` user).
 pub(crate) const USER: &str = "1000:1000";
@@ -69,6 +70,8 @@ pub(crate) struct Spec<'a> {
     pub env: &'a BTreeMap<String, String>,
     pub stdin: bool,
     pub labels: HashMap<String, String>,
+    /// Whether to send [`seccomp_profile`] (the daemon applies seccomp).
+    pub seccomp: bool,
 }
 
 /// The CPUs granted for `limits` on a daemon with `daemon_cpus`.
@@ -123,7 +126,14 @@ impl Spec<'_> {
             cap_drop: Some(vec!["ALL".to_owned()]),
             cap_add: (self.mode == Mode::Pooled)
                 .then(|| LAUNCHER_CAPS.iter().map(|c| (*c).to_owned()).collect()),
-            security_opt: Some(vec!["no-new-privileges".to_owned()]),
+            security_opt: Some(
+                std::iter::once("no-new-privileges".to_owned())
+                    .chain(
+                        self.seccomp
+                            .then(|| format!("seccomp={}", seccomp_profile())),
+                    )
+                    .collect(),
+            ),
             ulimits: Some(vec![
                 ulimit("nofile", MAX_OPEN_FILES),
                 ulimit("fsize", scratch),
@@ -202,6 +212,7 @@ mod tests {
             env: &env,
             stdin: false,
             labels: HashMap::from([("rlmkit.sandbox".to_owned(), "1".to_owned())]),
+            seccomp: true,
         }
         .body();
         let host = body.host_config.as_ref().unwrap();
@@ -221,6 +232,10 @@ mod tests {
             "rw,noexec,nosuid,nodev,size=1048576,mode=1777"
         );
         assert_eq!(host.cap_drop.as_deref(), Some(&["ALL".to_owned()][..]));
+        let security = host.security_opt.as_deref().unwrap();
+        assert_eq!(security[0], "no-new-privileges");
+        assert_eq!(security[1], format!("seccomp={}", seccomp_profile()));
+        assert_eq!(security.len(), 2);
         assert_eq!(host.init, Some(true));
         assert_eq!(host.runtime.as_deref(), Some("runsc"));
         assert_eq!(body.user.as_deref(), Some("1000:1000"));
@@ -250,6 +265,7 @@ mod tests {
             env: &env,
             stdin: true,
             labels: HashMap::new(),
+            seccomp: false,
         };
         let cold = spec(Mode::Cold).body();
         let mut pooled = spec(Mode::Pooled).body();

@@ -209,9 +209,9 @@ print(sorted(name for _, name in socket.if_nameindex()))
         1,
         "the sandbox reached the host"
     );
-    // No IP network; the report names the AF_VSOCK gap (tests/src/adversarial.rs).
+    // No IP network, and the seccomp profile closes AF_VSOCK (tests/src/adversarial.rs).
     let network = blocked.isolation.get(Protection::Network).unwrap();
-    assert_eq!(network.state, ProtectionState::Partial);
+    assert_eq!(network.state, ProtectionState::Enforced);
     assert!(network.detail.contains("AF_VSOCK"), "{}", network.detail);
     server.abort();
 }
@@ -945,13 +945,13 @@ async fn the_isolation_report_lists_every_protection() {
             "{protection:?} missing:\n{report}"
         );
     }
-    // No IP network, but runc leaves AF_VSOCK open: the report says partial.
-    assert_eq!(
-        report.state(Protection::Network),
-        Some(ProtectionState::Partial),
-        "{report}"
-    );
-    for enforced in [Protection::Memory, Protection::Filesystem, Protection::User] {
+    // No IP network, and AF_VSOCK closed by the seccomp profile.
+    for enforced in [
+        Protection::Memory,
+        Protection::Network,
+        Protection::Filesystem,
+        Protection::User,
+    ] {
         assert!(report.is_enforced(enforced), "{enforced:?}:\n{report}");
     }
     // The seccomp claim matches the daemon: this one lists seccomp.

@@ -150,7 +150,7 @@ print(json.dumps({
         run(session.as_ref(), "print(bump())").await.stdout_text(),
         "3\n"
     );
-    // No IP network; AF_VSOCK is the gap the report names.
+    // No IP network (and no AF_VSOCK).
     assert!(
         result
             .isolation
