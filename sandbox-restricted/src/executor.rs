@@ -1,7 +1,6 @@
 //! [`RestrictedExecutor`]: one supervised child process per execution.
 
 use std::ffi::OsString;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -25,7 +24,7 @@ use crate::output::{SharedCapture, read_capped, snapshot};
 use crate::process::{AbortOnDrop, ProcessTree, on_spawner_thread};
 use crate::report::{self, InForce, LandlockLevel, SandboxUid};
 use crate::session::RestrictedSession;
-use crate::sys::{self, ChildSetup, Reaped};
+use crate::sys::{self, ChildLandlock, ChildSetup, Reaped};
 use crate::workspace::Workspace;
 
 /// The backend's name in results and reports.
@@ -381,6 +380,7 @@ impl RestrictedExecutor {
             namespaces: self.host.namespaces.is_ok(),
             landlock,
             seccomp: self.host.seccomp.is_ok(),
+            private_proc: self.host.private_proc.is_ok() && sandbox_uid.is_some(),
             sandbox_uid,
         }
     }
@@ -557,11 +557,15 @@ impl RestrictedExecutor {
     }
 
     /// The Landlock ruleset for one execution in `workspace`.
-    fn landlock(&self, workspace: &Workspace, limits: &Limits) -> Result<Option<OwnedFd>, Error> {
+    fn landlock(
+        &self,
+        workspace: &Workspace,
+        limits: &Limits,
+    ) -> Result<Option<ChildLandlock>, Error> {
         let Ok(&abi) = self.host.landlock_abi.as_ref() else {
             return Ok(None);
         };
-        let build = || -> std::io::Result<OwnedFd> {
+        let build = || -> std::io::Result<ChildLandlock> {
             let mut ruleset = Ruleset::new(abi, limits.network == NetworkMode::None)?;
             for path in &self.host.readable {
                 ruleset.allow(path, Access::Browse)?;
@@ -571,7 +575,7 @@ impl RestrictedExecutor {
             ruleset.allow(&workspace.work_dir(), Access::Modify)?;
             ruleset.allow(&workspace.tmp_dir(), Access::Modify)?;
             ruleset.allow(Path::new("/dev/null"), Access::Device)?;
-            Ok(ruleset.into_fd())
+            Ok(ruleset.into_child())
         };
         build()
             .map(Some)

@@ -85,6 +85,8 @@ pub(crate) struct Host {
     /// Read-only paths of the system, the interpreter and `/etc` (less the deny list).
     pub readable: Vec<PathBuf>,
     pub mounts: Arc<MountPlan>,
+    /// A `/proc` of the program's own, showing only its uid's processes.
+    pub private_proc: Result<(), String>,
 }
 
 /// The reason a protection turned off by its builder option is not in force.
@@ -152,6 +154,7 @@ impl Host {
         } else {
             disabled()
         };
+        let private_proc = probe_private_proc(&namespaces, &uids, &mounts);
         let mut readable: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
         readable.extend(exposures);
         readable.extend(etc_entries(&deny));
@@ -166,6 +169,7 @@ impl Host {
             interpreter,
             readable,
             mounts,
+            private_proc,
         }
     }
 
@@ -187,6 +191,7 @@ impl Host {
             flags,
             id_maps,
             mounts: Arc::clone(&self.mounts),
+            private_proc: self.private_proc.is_ok(),
         })
     }
 }
@@ -216,6 +221,7 @@ fn probe_namespaces(uid: u32, gid: u32, mounts: &Arc<MountPlan>) -> Result<Names
             flags,
             id_maps: id_maps_for_probe,
             mounts: Arc::clone(mounts),
+            private_proc: false,
         }),
         ..ChildSetup::default()
     })
@@ -226,6 +232,42 @@ fn probe_namespaces(uid: u32, gid: u32, mounts: &Arc<MountPlan>) -> Result<Names
             "unprivileged user namespaces are not available ({e}); check kernel.unprivileged_userns_clone or apparmor_restrict_unprivileged_userns"
         ),
     })
+}
+
+/// Whether each execution can have a `/proc` showing only its own
+/// processes: a proc mount with `hidepid=2` in its mount namespace. That
+/// needs root (a user namespace cannot mount the host PID namespace's
+/// proc), and hides something only when the program has a uid of its own.
+fn probe_private_proc(
+    namespaces: &Result<NamespaceKind, String>,
+    uids: &Result<Arc<UidPool>, String>,
+    mounts: &Arc<MountPlan>,
+) -> Result<(), String> {
+    match namespaces {
+        Ok(NamespaceKind::Privileged) => {}
+        Ok(NamespaceKind::User) => {
+            return Err(
+                "the caller is not root, and a user namespace cannot mount the host's /proc"
+                    .to_owned(),
+            );
+        }
+        Err(reason) => return Err(format!("no mount namespace ({reason})")),
+    }
+    if let Err(reason) = uids {
+        return Err(format!(
+            "the program has no uid of its own to hide others' processes from ({reason})"
+        ));
+    }
+    probe_child(ChildSetup {
+        namespaces: Some(Namespaces {
+            flags: libc::CLONE_NEWNS,
+            id_maps: None,
+            mounts: Arc::clone(mounts),
+            private_proc: true,
+        }),
+        ..ChildSetup::default()
+    })
+    .map_err(|e| format!("the kernel refused a proc mount with hidepid=2 ({e})"))
 }
 
 /// Runs `/bin/sh -c :` with `setup` applied: Ok when every step succeeded.

@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use crate::sys::{self, RulesetAttr};
+use crate::sys::{self, ChildLandlock, RulesetAttr};
 
 const EXECUTE: u64 = 1 << 0;
 const WRITE_FILE: u64 = 1 << 1;
@@ -17,6 +17,8 @@ const MAKE_CHAR: u64 = 1 << 6;
 const MAKE_BLOCK: u64 = 1 << 11;
 const TRUNCATE: u64 = 1 << 14;
 const IOCTL_DEV: u64 = 1 << 15;
+/// Read, list and execute.
+const BROWSE: u64 = EXECUTE | READ_FILE | READ_DIR;
 /// Rights that apply to a file (not a directory) rule.
 const FILE_RIGHTS: u64 = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV;
 
@@ -78,7 +80,7 @@ impl Ruleset {
         };
         let is_dir = file.metadata()?.is_dir();
         let wanted = match access {
-            Access::Browse => EXECUTE | READ_FILE | READ_DIR,
+            Access::Browse => BROWSE,
             Access::Modify => self.handled & !(MAKE_CHAR | MAKE_BLOCK),
             Access::Device => READ_FILE | WRITE_FILE | TRUNCATE | IOCTL_DEV,
         };
@@ -90,7 +92,10 @@ impl Ruleset {
     }
 
     /// The ruleset, ready for the child to enforce.
-    pub fn into_fd(self) -> OwnedFd {
-        self.fd
+    pub fn into_child(self) -> ChildLandlock {
+        ChildLandlock {
+            ruleset: self.fd,
+            proc_rights: BROWSE & self.handled,
+        }
     }
 }

@@ -13,6 +13,8 @@ pub(crate) struct InForce {
     pub namespaces: bool,
     pub landlock: Option<LandlockLevel>,
     pub seccomp: bool,
+    /// Whether `/proc` shows only the program's own processes.
+    pub private_proc: bool,
     /// The uid the program runs as, when it is one of the sandbox's own.
     pub sandbox_uid: Option<SandboxUid>,
 }
@@ -271,10 +273,20 @@ pub(crate) fn build(host: &Host, limits: &Limits, in_force: InForce) -> Isolatio
         Enforced,
         "the host's environment is cleared; only PATH, HOME, LANG, TMPDIR, thread caps and the request's variables are set",
     );
+    let visibility = if in_force.private_proc {
+        "a /proc of its own (hidepid=2): other users' processes, the caller's included, do not appear in it".to_owned()
+    } else {
+        format!(
+            "no PID namespace: the host's processes appear in /proc and their command lines can be read, not their memory, environment or files ({})",
+            reason(&host.private_proc)
+        )
+    };
     report.set(
         Protection::ProcessGroup,
         Enforced,
-        "its own session and process group, killed as a whole; killed when the caller dies",
+        format!(
+            "its own session and process group, killed as a whole; killed when the caller dies; {visibility}"
+        ),
     );
     let syscalls = if in_force.seccomp {
         let scope = if in_force.landlock.is_some_and(|l| l.scoped) {

@@ -10,7 +10,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -46,6 +46,10 @@ pub(crate) struct Namespaces {
     pub id_maps: Option<(CString, CString)>,
     /// Mounts to make (needs `CLONE_NEWNS` in `flags`).
     pub mounts: std::sync::Arc<crate::host::MountPlan>,
+    /// Whether to mount a `/proc` of its own over the host's, showing only
+    /// the processes of the program's own uid (`hidepid=2`; needs root, so
+    /// that the program's uid differs from everyone else's).
+    pub private_proc: bool,
 }
 
 /// The unprivileged identity a root caller's child takes.
@@ -53,6 +57,15 @@ pub(crate) struct Namespaces {
 pub(crate) struct Identity {
     pub uid: libc::uid_t,
     pub gid: libc::gid_t,
+}
+
+/// A Landlock ruleset for the child to enforce.
+#[derive(Debug)]
+pub(crate) struct ChildLandlock {
+    pub ruleset: OwnedFd,
+    /// The rights to grant beneath the child's own `/proc`, when it mounts one
+    /// (the parent's rule names the host's `/proc`, which that mount hides).
+    pub proc_rights: u64,
 }
 
 /// What the child applies to itself after fork and before exec, in this order.
@@ -69,7 +82,7 @@ pub(crate) struct ChildSetup {
     /// Resource limits, as (resource, soft = hard value).
     pub rlimits: Vec<(Resource, u64)>,
     /// A Landlock ruleset to enforce.
-    pub landlock: Option<OwnedFd>,
+    pub landlock: Option<ChildLandlock>,
     /// seccomp programs to install, last.
     pub seccomp: Vec<seccompiler::BpfProgram>,
 }
@@ -133,13 +146,29 @@ fn enter_namespaces(namespaces: &Namespaces) -> io::Result<()> {
         write_file(c"/proc/self/uid_map", uid_map.as_bytes())?;
         write_file(c"/proc/self/gid_map", gid_map.as_bytes())?;
     }
-    if namespaces.mounts.steps.is_empty() {
+    if namespaces.mounts.steps.is_empty() && !namespaces.private_proc {
         return Ok(());
     }
     // Nothing mounted here propagates back to the host.
     mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+    follow_mount_plan(&namespaces.mounts)?;
+    if namespaces.private_proc {
+        // Mounted over the host's /proc, so that Landlock's rule on it covers
+        // this one too (a walk up from here passes through its root).
+        mount(
+            Some(c"proc"),
+            c"/proc",
+            Some(c"proc"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            Some(c"hidepid=2"),
+        )?;
+    }
+    Ok(())
+}
+
+fn follow_mount_plan(plan: &crate::host::MountPlan) -> io::Result<()> {
     let mut trees: [libc::c_int; MAX_EXPOSURES] = [-1; MAX_EXPOSURES];
-    for step in &namespaces.mounts.steps {
+    for step in &plan.steps {
         match step {
             MountStep::HideDir { target } => mount(
                 Some(c"tmpfs"),
@@ -224,6 +253,11 @@ fn child_setup(setup: &ChildSetup) -> io::Result<()> {
     }
     if let Some(namespaces) = &setup.namespaces {
         enter_namespaces(namespaces)?;
+        if let Some(landlock) = &setup.landlock
+            && namespaces.private_proc
+        {
+            allow_in_child(landlock.ruleset.as_raw_fd(), c"/proc", landlock.proc_rights)?;
+        }
     }
     if let Some(identity) = setup.identity {
         switch_identity(identity)?;
@@ -243,9 +277,15 @@ fn child_setup(setup: &ChildSetup) -> io::Result<()> {
     }
     // SAFETY: prctl with integer arguments.
     check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }.into())?;
-    if let Some(ruleset) = &setup.landlock {
+    if let Some(landlock) = &setup.landlock {
         // SAFETY: a raw system call on an open ruleset descriptor, flags 0.
-        check(unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), 0) })?;
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_landlock_restrict_self,
+                landlock.ruleset.as_raw_fd(),
+                0,
+            )
+        })?;
     }
     for program in &setup.seccomp {
         seccompiler::apply_filter(program).map_err(|_| last_error())?;
@@ -321,20 +361,39 @@ pub(crate) fn landlock_add_path_rule(
     parent: &OwnedFd,
     access: u64,
 ) -> io::Result<()> {
+    add_path_rule(ruleset.as_raw_fd(), parent.as_raw_fd(), access)
+}
+
+/// `landlock_add_rule` for a path-beneath rule (no allocation: the child uses it too).
+fn add_path_rule(ruleset: RawFd, parent: RawFd, access: u64) -> io::Result<()> {
     let attr = PathBeneathAttr {
         allowed_access: access,
-        parent_fd: parent.as_raw_fd(),
+        parent_fd: parent,
     };
     // SAFETY: `attr` is a valid packed struct; both descriptors are open.
     check(unsafe {
         libc::syscall(
             libc::SYS_landlock_add_rule,
-            ruleset.as_raw_fd(),
+            ruleset,
             1u32, // LANDLOCK_RULE_PATH_BENEATH
             &attr as *const PathBeneathAttr,
             0u32,
         )
     })
+}
+
+/// Adds a rule granting `access` beneath `path`, from the child: for a
+/// mount it made itself, which no rule built in the parent can name.
+fn allow_in_child(ruleset: RawFd, path: &std::ffi::CStr, access: u64) -> io::Result<()> {
+    // SAFETY: `path` is a valid NUL-terminated string; the descriptor is closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(last_error());
+    }
+    let added = add_path_rule(ruleset, fd, access);
+    // SAFETY: `fd` was opened above and is closed once.
+    unsafe { libc::close(fd) };
+    added
 }
 
 /// How a reaped child ended, and what it used.

@@ -838,6 +838,63 @@ except OSError as e:
     );
 }
 
+const PROC_PROBE: &str = r#"
+import os, subprocess
+pid = os.environ['HOST_PID']
+print('host_pid=' + str(os.path.exists(f'/proc/{pid}')))
+print('init=' + str(os.path.exists('/proc/1')))
+child = subprocess.Popen(['sleep', '5'])
+pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
+print('own=' + str(os.getpid() in pids and child.pid in pids))
+print(f'visible={len(pids)}')
+child.kill(); child.wait()
+print('cpuinfo=' + str(open('/proc/cpuinfo').read().startswith('processor')))
+"#;
+
+/// As root, each execution gets a `/proc` of its own (`hidepid=2` with a
+/// uid of its own): the host's processes, this test process and PID 1
+/// included, do not appear; its own processes and `/proc/cpuinfo` do.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hosts_processes_do_not_appear_in_proc(sandboxes: Sandboxes) {
+    let pid = std::process::id().to_string();
+    let request = || ExecutionRequest::python(PROC_PROBE).env("HOST_PID", &pid);
+    let baseline = run_probe(&sandboxes.unhardened, request()).await;
+    for (name, expected) in [("host_pid", "True"), ("init", "True"), ("own", "True")] {
+        assert_eq!(
+            baseline.get(name),
+            expected,
+            "probe: {}",
+            baseline.describe()
+        );
+    }
+    if !is_root() {
+        eprintln!("skipped: only a root caller can mount a /proc of its own for the sandbox");
+        return;
+    }
+    if !enforces(&sandboxes.hardened, &[Protection::User]) {
+        return;
+    }
+    let (_, detail) = detail(&sandboxes.hardened, Protection::ProcessGroup);
+    assert!(detail.contains("a /proc of its own"), "{detail}");
+    let probe = run_probe(&sandboxes.hardened, request()).await;
+    for (name, expected) in [
+        ("host_pid", "False"),
+        ("init", "False"),
+        ("own", "True"),
+        ("cpuinfo", "True"),
+    ] {
+        assert_eq!(probe.get(name), expected, "{name}: {}", probe.describe());
+    }
+    let visible: usize = probe.get("visible").parse().unwrap();
+    assert!(
+        visible <= 3,
+        "{visible} processes visible: {}",
+        probe.describe()
+    );
+    sandboxes.assert_nothing_left();
+}
+
 // ---------------------------------------------------------------------------
 // 4, 10. Writing outside the working directory
 // ---------------------------------------------------------------------------
