@@ -190,6 +190,7 @@ impl Default for RestrictedExecutorBuilder {
                 landlock: true,
                 seccomp: true,
                 drop_privileges: true,
+                scratch_tmpfs: true,
                 uid_range: (DEFAULT_FIRST_UID, DEFAULT_UID_COUNT),
                 deny: DEFAULT_DENY.iter().map(PathBuf::from).collect(),
             },
@@ -248,6 +249,15 @@ impl RestrictedExecutorBuilder {
         self
     }
 
+    /// Whether a root caller's working directories are each a tmpfs of their
+    /// own, holding the scratch space (the limit's `scratch_bytes`) besides
+    /// the code and input files, so that a program cannot fill the host's
+    /// disk (default: true).
+    pub fn scratch_tmpfs(mut self, enabled: bool) -> Self {
+        self.wanted.scratch_tmpfs = enabled;
+        self
+    }
+
     /// Whether a root caller's programs run as an unprivileged uid of their
     /// own (default: true).
     pub fn drop_privileges(mut self, enabled: bool) -> Self {
@@ -282,10 +292,10 @@ impl RestrictedExecutorBuilder {
     pub fn build(self) -> Result<RestrictedExecutor, Error> {
         let limits = self.limits.unwrap_or_default();
         limits.validate()?;
-        let host = Host::probe(&self.wanted, self.python.as_deref());
         let temp_dir = self.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
         // What callers killed outright left behind goes now.
         crate::workspace::sweep(&temp_dir);
+        let host = Host::probe(&self.wanted, self.python.as_deref(), &temp_dir);
         if let Ok(cgroups) = &host.cgroups {
             cgroups.sweep();
         }
@@ -381,6 +391,7 @@ impl RestrictedExecutor {
             landlock,
             seccomp: self.host.seccomp.is_ok(),
             private_proc: self.host.private_proc.is_ok() && sandbox_uid.is_some(),
+            scratch_tmpfs: self.host.scratch_tmpfs.is_ok(),
             sandbox_uid,
         }
     }
@@ -496,7 +507,12 @@ impl RestrictedExecutor {
     ) -> Result<Prepared, Error> {
         request.validate()?;
         let limits = request.limits.build_over(&self.limits)?;
-        let workspace = Workspace::create(&self.temp_dir, &request.files)?;
+        let own_tmpfs = self
+            .host
+            .scratch_tmpfs
+            .is_ok()
+            .then(|| limits.scratch_bytes.saturating_add(footprint(request)));
+        let workspace = Workspace::create(&self.temp_dir, &request.files, own_tmpfs)?;
         let argv = self.argv(&request.program, &workspace, purpose)?;
         let mut command = self.command(&argv, request, &workspace, purpose)?;
 
@@ -812,4 +828,21 @@ fn processes_of_uid(uid: u32) -> u64 {
         })
         .filter(|entry| entry.metadata().is_ok_and(|meta| meta.uid() == uid))
         .count() as u64
+}
+
+/// The bytes a request's code and input files take on a tmpfs (whole pages),
+/// which its working directory holds besides the scratch space.
+fn footprint(request: &ExecutionRequest) -> u64 {
+    const PAGE: u64 = 4096;
+    let pages = |len: usize| (len as u64).div_ceil(PAGE) * PAGE;
+    let source = match &request.program {
+        Program::Python(source) | Program::Shell(source) => pages(source.len()),
+        _ => 0,
+    };
+    request
+        .files
+        .iter()
+        .map(|file| pages(file.contents.len()))
+        .sum::<u64>()
+        + source
 }

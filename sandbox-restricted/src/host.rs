@@ -50,6 +50,7 @@ pub(crate) struct Wanted {
     pub landlock: bool,
     pub seccomp: bool,
     pub drop_privileges: bool,
+    pub scratch_tmpfs: bool,
     pub uid_range: (u32, u32),
     pub deny: Vec<PathBuf>,
 }
@@ -87,6 +88,8 @@ pub(crate) struct Host {
     pub mounts: Arc<MountPlan>,
     /// A `/proc` of the program's own, showing only its uid's processes.
     pub private_proc: Result<(), String>,
+    /// A size-capped tmpfs of its own for each working directory.
+    pub scratch_tmpfs: Result<(), String>,
 }
 
 /// The reason a protection turned off by its builder option is not in force.
@@ -104,8 +107,8 @@ pub(crate) enum NamespaceKind {
 }
 
 impl Host {
-    /// Probes the machine for what `wanted` asks.
-    pub fn probe(wanted: &Wanted, python: Option<&Path>) -> Host {
+    /// Probes the machine for what `wanted` asks, with working directories in `temp_dir`.
+    pub fn probe(wanted: &Wanted, python: Option<&Path>, temp_dir: &Path) -> Host {
         let uid = nix::unistd::geteuid().as_raw();
         let gid = nix::unistd::getegid().as_raw();
         let cgroups = if wanted.cgroups {
@@ -155,6 +158,15 @@ impl Host {
             disabled()
         };
         let private_proc = probe_private_proc(&namespaces, &uids, &mounts);
+        let scratch_tmpfs = if !wanted.scratch_tmpfs {
+            disabled()
+        } else if uid != 0 {
+            Err(format!(
+                "the caller is not root (uid {uid}), so it cannot mount a tmpfs per execution"
+            ))
+        } else {
+            crate::workspace::probe_own_tmpfs(temp_dir)
+        };
         let mut readable: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
         readable.extend(exposures);
         readable.extend(etc_entries(&deny));
@@ -170,6 +182,7 @@ impl Host {
             readable,
             mounts,
             private_proc,
+            scratch_tmpfs,
         }
     }
 

@@ -15,6 +15,8 @@ pub(crate) struct InForce {
     pub seccomp: bool,
     /// Whether `/proc` shows only the program's own processes.
     pub private_proc: bool,
+    /// Whether the working directory is a size-capped tmpfs of its own.
+    pub scratch_tmpfs: bool,
     /// The uid the program runs as, when it is one of the sandbox's own.
     pub sandbox_uid: Option<SandboxUid>,
 }
@@ -167,14 +169,25 @@ pub(crate) fn build(host: &Host, limits: &Limits, in_force: InForce) -> Isolatio
             format_bytes(limits.output_bytes)
         ),
     );
-    report.set(
-        Protection::Scratch,
-        Partial,
-        format!(
-            "RLIMIT_FSIZE {} per file; the total written is not capped",
-            format_bytes(limits.scratch_bytes)
-        ),
-    );
+    let scratch = format_bytes(limits.scratch_bytes);
+    if in_force.scratch_tmpfs {
+        report.set(
+            Protection::Scratch,
+            Enforced,
+            format!(
+                "the working directory, TMPDIR and the code are a tmpfs of their own: {scratch} for what the program writes, besides its code and input files (pages count against the memory limit); RLIMIT_FSIZE {scratch} per file"
+            ),
+        );
+    } else {
+        report.set(
+            Protection::Scratch,
+            Partial,
+            format!(
+                "RLIMIT_FSIZE {scratch} per file; the total written is not capped ({})",
+                reason(&host.scratch_tmpfs)
+            ),
+        );
+    }
 
     let network = if limits.network != NetworkMode::None {
         (

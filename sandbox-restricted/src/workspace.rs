@@ -1,5 +1,7 @@
 //! The per-execution temporary directory: the program's working directory,
-//! its scratch directory, and the program file itself. Removed on drop.
+//! its scratch directory, and the program file itself. For a root caller it
+//! is a size-capped tmpfs of its own, so the program cannot fill the host's
+//! disk. Unmounted and removed on drop.
 
 use std::fs;
 use std::io::Write;
@@ -32,6 +34,8 @@ pub(crate) fn sweep(parent: &Path) -> usize {
             continue;
         }
         let path = entry.path();
+        // A tmpfs of its own goes first (nothing to unmount is fine too).
+        let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
         // Read-only program directories must become writable to be removed.
         for dir in walk(&path)
             .unwrap_or_default()
@@ -62,11 +66,44 @@ pub(crate) struct Workspace {
     path: PathBuf,
     /// `None` once removed.
     root: Option<tempfile::TempDir>,
+    /// Whether `path` is a tmpfs of its own, to unmount before removal.
+    mounted: bool,
+}
+
+/// Mounts a tmpfs of `bytes` (rounded up to pages) on `path`, for root only.
+fn mount_tmpfs(path: &Path, bytes: u64) -> nix::Result<()> {
+    use nix::mount::{MsFlags, mount};
+    let options = format!("size={bytes},mode=0700");
+    mount(
+        Some("tmpfs"),
+        path,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+}
+
+/// Whether a working directory in `parent` can be a tmpfs of its own: mounts
+/// and unmounts one on a directory made for the purpose.
+pub(crate) fn probe_own_tmpfs(parent: &Path) -> Result<(), String> {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{PREFIX}{}-", std::process::id()))
+        .tempdir_in(parent)
+        .map_err(|e| format!("cannot create a directory in {} ({e})", parent.display()))?;
+    mount_tmpfs(dir.path(), 64 * 1024)
+        .map_err(|e| format!("the kernel refused a tmpfs mount ({e})"))?;
+    nix::mount::umount2(dir.path(), nix::mount::MntFlags::MNT_DETACH)
+        .map_err(|e| format!("a probe tmpfs could not be unmounted ({e})"))
 }
 
 impl Workspace {
-    /// Creates the tree under `parent` and writes `files` into `work/`.
-    pub fn create(parent: &Path, files: &[InputFile]) -> Result<Workspace, Error> {
+    /// Creates the tree under `parent` and writes `files` into `work/`; with
+    /// `own_tmpfs`, on a tmpfs of that many bytes mounted on it first.
+    pub fn create(
+        parent: &Path,
+        files: &[InputFile],
+        own_tmpfs: Option<u64>,
+    ) -> Result<Workspace, Error> {
         let root = tempfile::Builder::new()
             .prefix(&format!("{PREFIX}{}-", std::process::id()))
             .tempdir_in(parent)
@@ -79,10 +116,23 @@ impl Workspace {
                     e,
                 )
             })?;
-        let workspace = Workspace {
+        let mut workspace = Workspace {
             path: root.path().to_path_buf(),
             root: Some(root),
+            mounted: false,
         };
+        if let Some(bytes) = own_tmpfs {
+            mount_tmpfs(&workspace.path, bytes).map_err(|e| {
+                Error::io(
+                    format!(
+                        "mounting a tmpfs of its own on {}",
+                        workspace.path.display()
+                    ),
+                    std::io::Error::from(e),
+                )
+            })?;
+            workspace.mounted = true;
+        }
         for dir in [
             workspace.work_dir(),
             workspace.tmp_dir(),
@@ -161,10 +211,14 @@ impl Workspace {
             .map_err(|e| Error::io(format!("removing {}", self.path.display()), e))
     }
 
-    /// The tree's handle, with the program directory made writable again so
-    /// that its file can go even for a caller that is not root.
+    /// The tree's handle, its tmpfs unmounted and the program directory made
+    /// writable again so that its file can go even for a caller that is not root.
     fn take_root(&mut self) -> Option<tempfile::TempDir> {
         let root = self.root.take()?;
+        if std::mem::take(&mut self.mounted) {
+            // Detached: a process still holding a file in it cannot keep it busy.
+            let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
+        }
         let _ = fs::set_permissions(self.program_dir(), fs::Permissions::from_mode(0o755));
         Some(root)
     }

@@ -4,10 +4,13 @@
 //! error and nothing left behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sandbox_core::{Error, ExecutionRequest, Executor, Limits, Status};
+use sandbox_core::{
+    Error, ExecutionRequest, Executor, Limits, Protection, ProtectionState, Status,
+};
 use sandbox_docker::DockerExecutor;
 use sandbox_restricted::RestrictedExecutor;
 use sandbox_tests::docker_support::usable;
@@ -60,7 +63,7 @@ async fn a_container_killed_from_outside_ends_the_run_and_is_removed() {
     let run = tokio::spawn(async move {
         executor
             .execute(ExecutionRequest::python(
-                "import time\nprint('up', flush=True)\ntime.sleep(60)",
+                "import time\nprint('up', flush=True)\nopen('/tmp/up', 'w').close()\ntime.sleep(60)",
             ))
             .await
     });
@@ -69,6 +72,16 @@ async fn a_container_killed_from_outside_ends_the_run_and_is_removed() {
     })
     .await;
     let id = containers(test, true).remove(0);
+    // Killed once its output is out (the program marks that in /tmp).
+    wait_for("the program's first line", Duration::from_secs(20), || {
+        Command::new("docker")
+            .args(["exec", &id, "test", "-e", "/tmp/up"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+    .await;
     assert!(
         Command::new("docker")
             .args(["kill", &id])
@@ -347,6 +360,20 @@ fn children_of(parent: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The entries of `dir`, but `keep`.
+fn entries_but(dir: &Path, keep: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().is_none_or(|n| n != keep))
+        .collect()
+}
+
+/// A full disk under the working directories. With a tmpfs of its own per
+/// execution (root, the default) a run does not need that disk: its input
+/// fits and a program filling its scratch space meets its own cap. Without
+/// one, input that does not fit is a clear error naming the file and a
+/// program that fills the disk gets its own error. Nothing is left either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_for_working_directories_is_a_clear_error() {
     if !nix_is_root() {
@@ -369,15 +396,65 @@ async fn a_full_disk_for_working_directories_is_a_clear_error() {
     assert!(mounted, "mounting a tmpfs as root");
     let path = dir.path().to_path_buf();
     let result = async move {
-        let executor = RestrictedExecutor::builder()
+        let fill = || {
+            // Files of a quarter MiB each, so the total, not RLIMIT_FSIZE, stops it.
+            ExecutionRequest::python(
+                "i = 0\nwhile True:\n    open(f'fill{i}', 'wb').write(b'x' * 262144)\n    i += 1",
+            )
+            .limits(
+                Limits::builder()
+                    .timeout(Duration::from_secs(10))
+                    .scratch_bytes(1 << 20),
+            )
+        };
+        let big_input = || {
+            ExecutionRequest::python("import os\nprint(os.path.getsize('big.bin'))")
+                .file("big.bin", vec![0u8; 1 << 20])
+        };
+
+        // Each working directory a tmpfs of its own: the full disk does not matter.
+        let own = RestrictedExecutor::builder()
             .temp_dir(path.as_path())
             .build()
             .unwrap();
+        assert!(
+            own.isolation().is_enforced(Protection::Scratch),
+            "{}",
+            own.isolation()
+        );
+        std::fs::write(path.join("filler"), vec![1u8; 512 << 10]).unwrap_err();
+        let result = own.execute(big_input()).await.unwrap();
+        assert_eq!(
+            result.stdout_text(),
+            "1048576\n",
+            "{}",
+            result.stderr_text()
+        );
+        let result = own.execute(fill()).await.unwrap();
+        assert_eq!(result.status, Status::Exited);
+        assert!(
+            result.stderr_text().contains("No space left"),
+            "{}",
+            result.stderr_text()
+        );
+        assert!(
+            entries_but(&path, "filler").is_empty(),
+            "left behind in the temp dir"
+        );
+        std::fs::remove_file(path.join("filler")).unwrap();
+
+        // On the temp dir itself.
+        let shared = RestrictedExecutor::builder()
+            .temp_dir(path.as_path())
+            .scratch_tmpfs(false)
+            .build()
+            .unwrap();
+        assert_eq!(
+            shared.isolation().state(Protection::Scratch),
+            Some(ProtectionState::Partial)
+        );
         // Input that does not fit: a clear I/O error, nothing half-written.
-        let error = executor
-            .execute(ExecutionRequest::python("print(1)").file("big.bin", vec![0u8; 1 << 20]))
-            .await
-            .unwrap_err();
+        let error = shared.execute(big_input()).await.unwrap_err();
         assert!(matches!(error, Error::Io { .. }), "{error:?}");
         assert!(error.to_string().contains("big.bin"), "{error}");
         assert!(
@@ -385,10 +462,7 @@ async fn a_full_disk_for_working_directories_is_a_clear_error() {
             "a half-written directory was left"
         );
         // A program that fills the disk gets its own error and the run ends.
-        let fill =
-            ExecutionRequest::python("f = open('fill', 'wb')\nwhile True: f.write(b'x' * 65536)")
-                .limits(Limits::builder().timeout(Duration::from_secs(10)));
-        let result = executor.execute(fill).await.unwrap();
+        let result = shared.execute(fill()).await.unwrap();
         assert_eq!(result.status, Status::Exited);
         assert!(
             result.stderr_text().contains("No space left"),
