@@ -1908,14 +1908,18 @@ pub async fn symlink_and_hardlink_tricks(executor: &dyn Executor) {
     chmod(&victim, 0o666);
     let out = outside.0.to_str().unwrap().to_owned();
 
-    // The probe works on the host (in a scratch directory, on a copy of itself).
+    // The probe works on the host (in a scratch directory, on a copy of
+    // itself), one level down so that what it writes through `..` stays in
+    // the directory removed afterwards.
     let scratch = HostDir(host_temp_dir("links-probe"));
-    let program = scratch.0.join("probe.py");
+    let work = scratch.0.join("work");
+    std::fs::create_dir(&work).unwrap();
+    let program = work.join("probe.py");
     std::fs::write(&program, LINK_PROBE).unwrap();
     let output = std::process::Command::new("python3")
         .arg(&program)
         .env("OUTSIDE", &out)
-        .current_dir(&scratch.0)
+        .current_dir(&work)
         .output()
         .unwrap();
     let baseline = String::from_utf8_lossy(&output.stdout).into_owned();
