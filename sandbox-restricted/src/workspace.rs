@@ -35,7 +35,7 @@ pub(crate) fn sweep(parent: &Path) -> usize {
         }
         let path = entry.path();
         // A tmpfs of its own goes first (nothing to unmount is fine too).
-        let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+        let _ = unmount(&path);
         // Read-only program directories must become writable to be removed.
         for dir in walk(&path)
             .unwrap_or_default()
@@ -83,17 +83,28 @@ fn mount_tmpfs(path: &Path, bytes: u64) -> nix::Result<()> {
     )
 }
 
+/// Unmounts the tmpfs on `path`, detached: a process still holding a file
+/// in it cannot keep it busy.
+fn unmount(path: &Path) -> nix::Result<()> {
+    nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)
+}
+
+/// A new, empty directory in `parent` named for this process, so that the
+/// sweep of dead owners' directories can tell whose it is.
+fn new_root(parent: &Path) -> std::io::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("{PREFIX}{}-", std::process::id()))
+        .tempdir_in(parent)
+}
+
 /// Whether a working directory in `parent` can be a tmpfs of its own: mounts
 /// and unmounts one on a directory made for the purpose.
 pub(crate) fn probe_own_tmpfs(parent: &Path) -> Result<(), String> {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("{PREFIX}{}-", std::process::id()))
-        .tempdir_in(parent)
+    let dir = new_root(parent)
         .map_err(|e| format!("cannot create a directory in {} ({e})", parent.display()))?;
     mount_tmpfs(dir.path(), 64 * 1024)
         .map_err(|e| format!("the kernel refused a tmpfs mount ({e})"))?;
-    nix::mount::umount2(dir.path(), nix::mount::MntFlags::MNT_DETACH)
-        .map_err(|e| format!("a probe tmpfs could not be unmounted ({e})"))
+    unmount(dir.path()).map_err(|e| format!("a probe tmpfs could not be unmounted ({e})"))
 }
 
 impl Workspace {
@@ -104,10 +115,7 @@ impl Workspace {
         files: &[InputFile],
         own_tmpfs: Option<u64>,
     ) -> Result<Workspace, Error> {
-        let root = tempfile::Builder::new()
-            .prefix(&format!("{PREFIX}{}-", std::process::id()))
-            .tempdir_in(parent)
-            .map_err(|e| {
+        let root = new_root(parent).map_err(|e| {
                 Error::io(
                     format!(
                         "creating a working directory in {} (check that it exists and is writable, or choose another with RestrictedExecutorBuilder::temp_dir)",
@@ -216,8 +224,7 @@ impl Workspace {
     fn take_root(&mut self) -> Option<tempfile::TempDir> {
         let root = self.root.take()?;
         if std::mem::take(&mut self.mounted) {
-            // Detached: a process still holding a file in it cannot keep it busy.
-            let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
+            let _ = unmount(&self.path);
         }
         let _ = fs::set_permissions(self.program_dir(), fs::Permissions::from_mode(0o755));
         Some(root)
