@@ -33,13 +33,10 @@ const DRAIN_GRACE: Duration = Duration::from_secs(3);
 /// How long a killed container may take to be reported stopped.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// How long, and how often, a SIGKILLed container is asked again whether
-/// the OOM killer struck: a busy daemon has been seen to learn of an OOM
-/// kill more than a second after the exit. Only a SIGKILL without the flag
-/// (a real OOM kill the daemon is slow about, or a program killing itself)
-/// waits this long.
-const OOM_FLAG_WAIT: Duration = Duration::from_secs(5);
-const OOM_FLAG_PAUSE: Duration = Duration::from_millis(100);
+/// How often, and how far apart, a SIGKILLed container is asked again
+/// whether the OOM killer struck.
+const OOM_FLAG_CHECKS: usize = 20;
+const OOM_FLAG_PAUSE: Duration = Duration::from_millis(50);
 
 /// What one execution produced.
 #[derive(Debug)]
@@ -338,11 +335,11 @@ async fn wait_for_end(
 /// the exit from separate events, in either order: a SIGKILL without the
 /// OOM flag is asked about again, briefly.
 pub(crate) async fn settled_exit_state(client: &Client, name: &str) -> Result<ExitState, Error> {
-    let deadline = tokio::time::Instant::now() + OOM_FLAG_WAIT;
     let mut state = client.exit_state(name).await?;
-    while !(state.running || state.oom_killed || state.exit_code != 137)
-        && tokio::time::Instant::now() < deadline
-    {
+    for _ in 0..OOM_FLAG_CHECKS {
+        if state.running || state.oom_killed || state.exit_code != 137 {
+            break;
+        }
         tokio::time::sleep(OOM_FLAG_PAUSE).await;
         state = client.exit_state(name).await?;
     }
